@@ -1,0 +1,109 @@
+//! The command line: `serve`, `migrate`, `verify`, `rebuild`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::startup::{self, Database, DatabaseSettings};
+use crate::store::verify;
+use crate::telemetry::{self, Metrics};
+
+#[derive(Debug, Parser)]
+#[command(name = "mpe-ledger", version, about = "Event-sourced ledger for MPE payment channels")]
+pub struct Cli {
+    /// The service's Postgres connection. Without it the ledger runs its own cluster in --data-dir.
+    #[arg(long, env = "DATABASE_URL", global = true)]
+    database_url: Option<String>,
+    /// Connection used for migrations, as the owning role (default: --database-url).
+    #[arg(long, env = "MIGRATION_DATABASE_URL", global = true)]
+    migration_database_url: Option<String>,
+    /// Data directory of the embedded cluster (default: /var/lib/mpe-ledger as root, else ~/.local/share/mpe-ledger).
+    #[arg(long, env = "MPE_LEDGER_DATA_DIR", global = true)]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the service: HTTP /healthz and /metrics.
+    Serve {
+        /// Address of the HTTP listener.
+        #[arg(long, env = "MPE_LEDGER_HTTP_LISTEN", default_value = "127.0.0.1:7070")]
+        http_listen: SocketAddr,
+    },
+    /// Apply the migrations and exit.
+    Migrate,
+    /// Refold every stream, check the hash chains and compare with the projections; exit 1 on any difference.
+    Verify,
+    /// Recreate the projections from the event log.
+    Rebuild,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init_tracing();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("mpe-ledger: cannot start the runtime: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("mpe-ledger: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let settings = DatabaseSettings {
+        database_url: cli.database_url,
+        migration_url: cli.migration_database_url,
+        data_dir: cli.data_dir,
+    };
+    match cli.command {
+        Command::Serve { http_listen } => {
+            startup::serve(&settings, http_listen).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate => {
+            Database::open(&settings).await?.close().await?;
+            println!("migrations applied");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify => {
+            let database = Database::open(&settings).await?;
+            let differences = verify::verify(&database.pool).await;
+            database.close().await?;
+            let differences = differences?;
+            for difference in &differences {
+                println!("{difference}");
+            }
+            if differences.is_empty() {
+                println!("verify: log and projections agree");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                println!("verify: {} difference(s)", differences.len());
+                Ok(ExitCode::from(1))
+            }
+        }
+        Command::Rebuild => {
+            let database = Database::open(&settings).await?;
+            let metrics = Metrics::new();
+            let report = verify::rebuild(&database.pool, &metrics.store).await;
+            database.close().await?;
+            let report = report?;
+            println!(
+                "rebuild: {} events folded into {} streams ({} channels, {} keys)",
+                report.events, report.streams, report.channels, report.keys
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,357 @@
+//! Events: the record of every change of the ledger (design.md §3).
+//!
+//! Each event belongs to one stream (a channel, or a key of the generic key-value facade) and has a
+//! version within it. The hash chain links each event to the previous event of the same stream:
+//!
+//! ```text
+//! hash = SHA-256( prev_hash(32) ‖ field(stream) ‖ u64-BE(version) ‖ field(event_type) ‖ canonical )
+//! field(x) = u32-BE(len(x)) ‖ x
+//! canonical = field(f1) ‖ field(f2) ‖ …   (the event's fields in the order documented per variant)
+//! ```
+//!
+//! `prev_hash` of a stream's first event is 32 zero bytes. Numbers are 32-byte big-endian, addresses
+//! 20 bytes, signatures 65 bytes exactly as received, optional values one presence byte (0/1)
+//! followed by the value when present. The canonical bytes come from this encoding, never from the
+//! JSON text of the payload (Postgres reorders JSONB keys).
+
+use std::fmt;
+
+use alloy_primitives::B256;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::channel::OnChainChannel;
+use super::types::{Amount, ChannelId, Nonce, Signature, hex_bytes};
+
+/// The chain block whose state a merge used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainBlock {
+    pub number: u64,
+    pub hash: B256,
+}
+
+/// Who took the money when a claim left the chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClaimOutcome {
+    /// `ChannelClaim`: the recipient claimed (possibly less than planned).
+    ClaimedByRecipient,
+    /// `ChannelSenderClaim`: the sender took the funds back after expiry; the provider lost them.
+    ReclaimedBySender,
+}
+
+impl ClaimOutcome {
+    fn tag(self) -> u8 {
+        match self {
+            Self::ClaimedByRecipient => 1,
+            Self::ReclaimedBySender => 2,
+        }
+    }
+}
+
+/// What happened to one channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ChannelEvent {
+    /// The chain showed a newer nonce, more value or a later expiration (or the channel was first
+    /// seen). `block` is absent when the values came through the generic channel store rather than
+    /// from a chain read.
+    /// Canonical fields: nonce, sender, signer, recipient, group_id, value, expiration, block?
+    /// (block = number as u64-BE ‖ hash).
+    ChannelMergedFromChain { chain: OnChainChannel, block: Option<ChainBlock> },
+    /// A signed payment raised the authorised amount. Canonical fields: nonce, amount, signature.
+    PaymentAccepted { nonce: Nonce, amount: Amount, signature: Signature },
+    /// The provider started claiming the last signed payment: the nonce moves on by one.
+    /// Canonical fields: nonce, amount, signature.
+    ClaimStarted { nonce: Nonce, amount: Amount, signature: Signature },
+    /// The claim left the chain. Canonical fields: nonce, outcome tag (1 recipient, 2 sender),
+    /// transaction hash, block number (u64-BE), amount.
+    ClaimFinished {
+        nonce: Nonce,
+        outcome: ClaimOutcome,
+        transaction_hash: B256,
+        block_number: u64,
+        /// What actually moved on chain; may be less than the claim's amount.
+        amount: Amount,
+    },
+}
+
+/// What happened to one key of the generic `AtomicStorage` facade. Keys and values are bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum KvEvent {
+    /// Canonical fields: key, value.
+    KeyPut {
+        #[serde(with = "hex_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "hex_bytes")]
+        value: Vec<u8>,
+    },
+    /// Canonical fields: key.
+    KeyDeleted {
+        #[serde(with = "hex_bytes")]
+        key: Vec<u8>,
+    },
+}
+
+/// Any event of the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Event {
+    Channel(ChannelEvent),
+    Kv(KvEvent),
+}
+
+/// The stream an event belongs to: `channel/<decimal id>` or `kv/<hex key>`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum StreamId {
+    Channel(ChannelId),
+    Kv(Vec<u8>),
+}
+
+impl StreamId {
+    pub fn parse(text: &str) -> Option<Self> {
+        if let Some(id) = text.strip_prefix("channel/") {
+            return id.parse().ok().map(Self::Channel);
+        }
+        let key = text.strip_prefix("kv/")?;
+        hex::decode(key).ok().map(Self::Kv)
+    }
+}
+
+impl fmt::Display for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Channel(id) => write!(f, "channel/{id}"),
+            Self::Kv(key) => write!(f, "kv/{}", hex::encode(key)),
+        }
+    }
+}
+
+/// An event that cannot be read back from its stored form.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventDecodeError {
+    #[error("payload is not a valid {event_type} event: {reason}")]
+    BadPayload { event_type: String, reason: String },
+    #[error("stored type {stored} does not match the payload's type {payload}")]
+    TypeMismatch { stored: String, payload: String },
+}
+
+impl Event {
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            Self::Channel(ChannelEvent::ChannelMergedFromChain { .. }) => "channel_merged_from_chain",
+            Self::Channel(ChannelEvent::PaymentAccepted { .. }) => "payment_accepted",
+            Self::Channel(ChannelEvent::ClaimStarted { .. }) => "claim_started",
+            Self::Channel(ChannelEvent::ClaimFinished { .. }) => "claim_finished",
+            Self::Kv(KvEvent::KeyPut { .. }) => "key_put",
+            Self::Kv(KvEvent::KeyDeleted { .. }) => "key_deleted",
+        }
+    }
+
+    /// The payload as stored in the log's JSONB column (includes `type`).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("events always serialize")
+    }
+
+    pub fn from_json(event_type: &str, payload: &serde_json::Value) -> Result<Self, EventDecodeError> {
+        let event: Event = serde_json::from_value(payload.clone()).map_err(|e| {
+            EventDecodeError::BadPayload { event_type: event_type.to_owned(), reason: e.to_string() }
+        })?;
+        if event.event_type() != event_type {
+            return Err(EventDecodeError::TypeMismatch {
+                stored: event_type.to_owned(),
+                payload: event.event_type().to_owned(),
+            });
+        }
+        Ok(event)
+    }
+
+    /// The money columns the log keeps beside the payload, for SQL readers.
+    pub fn amount_columns(&self) -> (Option<Nonce>, Option<Amount>, Option<&Signature>) {
+        match self {
+            Self::Channel(ChannelEvent::ChannelMergedFromChain { chain, .. }) => {
+                (Some(chain.nonce), Some(chain.value), None)
+            }
+            Self::Channel(ChannelEvent::PaymentAccepted { nonce, amount, signature })
+            | Self::Channel(ChannelEvent::ClaimStarted { nonce, amount, signature }) => {
+                (Some(*nonce), Some(*amount), Some(signature))
+            }
+            Self::Channel(ChannelEvent::ClaimFinished { nonce, amount, .. }) => {
+                (Some(*nonce), Some(*amount), None)
+            }
+            Self::Kv(_) => (None, None, None),
+        }
+    }
+
+    /// The documented canonical encoding (see the module doc).
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        match self {
+            Self::Channel(ChannelEvent::ChannelMergedFromChain { chain, block }) => {
+                field(&mut out, &chain.nonce.to_be_bytes());
+                field(&mut out, chain.sender.as_bytes());
+                field(&mut out, chain.signer.as_bytes());
+                field(&mut out, chain.recipient.as_bytes());
+                field(&mut out, &chain.group_id.0);
+                field(&mut out, &chain.value.to_be_bytes());
+                field(&mut out, &chain.expiration.to_be_bytes());
+                match block {
+                    None => field(&mut out, &[0]),
+                    Some(block) => {
+                        let mut bytes = vec![1];
+                        bytes.extend_from_slice(&block.number.to_be_bytes());
+                        bytes.extend_from_slice(block.hash.as_slice());
+                        field(&mut out, &bytes);
+                    }
+                }
+            }
+            Self::Channel(ChannelEvent::PaymentAccepted { nonce, amount, signature })
+            | Self::Channel(ChannelEvent::ClaimStarted { nonce, amount, signature }) => {
+                field(&mut out, &nonce.to_be_bytes());
+                field(&mut out, &amount.to_be_bytes());
+                field(&mut out, signature.as_bytes());
+            }
+            Self::Channel(ChannelEvent::ClaimFinished {
+                nonce,
+                outcome,
+                transaction_hash,
+                block_number,
+                amount,
+            }) => {
+                field(&mut out, &nonce.to_be_bytes());
+                field(&mut out, &[outcome.tag()]);
+                field(&mut out, transaction_hash.as_slice());
+                field(&mut out, &block_number.to_be_bytes());
+                field(&mut out, &amount.to_be_bytes());
+            }
+            Self::Kv(KvEvent::KeyPut { key, value }) => {
+                field(&mut out, key);
+                field(&mut out, value);
+            }
+            Self::Kv(KvEvent::KeyDeleted { key }) => field(&mut out, key),
+        }
+        out
+    }
+}
+
+fn field(out: &mut Vec<u8>, bytes: &[u8]) {
+    let len = u32::try_from(bytes.len()).expect("event fields are bounded far below 4 GiB");
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// The link hash of a stream's first event.
+pub const GENESIS_HASH: [u8; 32] = [0; 32];
+
+/// The hash linking an event to the previous event of its stream (module doc).
+pub fn chain_hash(prev_hash: &[u8; 32], stream: &StreamId, version: u64, event: &Event) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(prev_hash);
+    let mut buf = Vec::new();
+    field(&mut buf, stream.to_string().as_bytes());
+    buf.extend_from_slice(&version.to_be_bytes());
+    field(&mut buf, event.event_type().as_bytes());
+    hasher.update(&buf);
+    hasher.update(event.canonical_bytes());
+    hasher.finalize().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::types::{BlockNumber, EthAddress, GroupId};
+
+    fn merge() -> Event {
+        Event::Channel(ChannelEvent::ChannelMergedFromChain {
+            chain: OnChainChannel {
+                nonce: Nonce::from(3),
+                sender: EthAddress::from_slice(&[0x11; 20]).unwrap(),
+                signer: EthAddress::from_slice(&[0x33; 20]).unwrap(),
+                recipient: EthAddress::from_slice(&[0x22; 20]).unwrap(),
+                group_id: GroupId([123; 32]),
+                value: Amount::from(12345),
+                expiration: BlockNumber::from(100),
+            },
+            block: Some(ChainBlock { number: 7, hash: B256::repeat_byte(9) }),
+        })
+    }
+
+    fn payment(amount: u64) -> Event {
+        Event::Channel(ChannelEvent::PaymentAccepted {
+            nonce: Nonce::from(3),
+            amount: Amount::from(amount),
+            signature: Signature([5; 65]),
+        })
+    }
+
+    #[test]
+    fn every_event_round_trips_through_its_json_payload() {
+        let events = [
+            merge(),
+            payment(10),
+            Event::Channel(ChannelEvent::ClaimStarted {
+                nonce: Nonce::from(3),
+                amount: Amount::from(10),
+                signature: Signature([5; 65]),
+            }),
+            Event::Channel(ChannelEvent::ClaimFinished {
+                nonce: Nonce::from(3),
+                outcome: ClaimOutcome::ReclaimedBySender,
+                transaction_hash: B256::repeat_byte(1),
+                block_number: 99,
+                amount: Amount::from(8),
+            }),
+            Event::Kv(KvEvent::KeyPut { key: vec![0, 0xff], value: vec![] }),
+            Event::Kv(KvEvent::KeyDeleted { key: b"%_".to_vec() }),
+        ];
+        for event in events {
+            let json = event.to_json();
+            assert_eq!(json["type"], event.event_type());
+            assert_eq!(Event::from_json(event.event_type(), &json).unwrap(), event);
+        }
+    }
+
+    #[test]
+    fn amounts_in_payloads_are_decimal_text() {
+        let json = payment(12300).to_json();
+        assert_eq!(json["amount"], "12300");
+        assert_eq!(json["nonce"], "3");
+    }
+
+    #[test]
+    fn a_payload_whose_type_differs_from_the_stored_type_is_refused() {
+        let json = payment(1).to_json();
+        assert!(matches!(
+            Event::from_json("claim_started", &json),
+            Err(EventDecodeError::TypeMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn the_hash_covers_every_part_of_the_link() {
+        let stream = StreamId::Channel(ChannelId::from(42));
+        let base = chain_hash(&GENESIS_HASH, &stream, 1, &payment(10));
+        assert_ne!(base, chain_hash(&[1; 32], &stream, 1, &payment(10)));
+        assert_ne!(base, chain_hash(&GENESIS_HASH, &StreamId::Channel(ChannelId::from(43)), 1, &payment(10)));
+        assert_ne!(base, chain_hash(&GENESIS_HASH, &stream, 2, &payment(10)));
+        assert_ne!(base, chain_hash(&GENESIS_HASH, &stream, 1, &payment(11)));
+        assert_eq!(base, chain_hash(&GENESIS_HASH, &stream, 1, &payment(10)));
+    }
+
+    #[test]
+    fn length_prefixes_keep_adjacent_kv_fields_apart() {
+        let a = Event::Kv(KvEvent::KeyPut { key: b"ab".to_vec(), value: b"c".to_vec() });
+        let b = Event::Kv(KvEvent::KeyPut { key: b"a".to_vec(), value: b"bc".to_vec() });
+        assert_ne!(a.canonical_bytes(), b.canonical_bytes());
+    }
+
+    #[test]
+    fn stream_ids_round_trip_through_text() {
+        for stream in [StreamId::Channel(ChannelId::from(42)), StreamId::Kv(vec![0, 0xff, b'%'])] {
+            assert_eq!(StreamId::parse(&stream.to_string()), Some(stream));
+        }
+        assert_eq!(StreamId::Kv(vec![0xab]).to_string(), "kv/ab");
+        assert_eq!(StreamId::parse("other/1"), None);
+    }
+}

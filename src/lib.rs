@@ -1,0 +1,20 @@
+//! mpe-ledger: an event-sourced ledger for SingularityNET MultiPartyEscrow payment channels.
+//!
+//! Every change of money state is an event appended to one table in PostgreSQL; channel state is a
+//! projection folded from those events and can be rebuilt and verified from them at any time.
+//!
+//! Module map (dependencies point inwards, `domain` depends on nothing with I/O):
+//! - [`domain`]: newtypes (channel id, nonce, amount, address, signature, group id), channel data,
+//!   events, the pure fold from events to state, and the canonical event encoding behind the hash chain.
+//! - [`store`]: the `AtomicStorage` contract with memory and Postgres backends, prefixed and typed
+//!   wrappers, the event-sourced channel store, the serializable-retry helper, verify and rebuild.
+//! - [`http`]: `/healthz` and `/metrics`.
+//! - [`startup`]: the embedded Postgres cluster and the `serve` wiring; [`cli`] and [`telemetry`] are
+//!   the binary's edges.
+
+pub mod cli;
+pub mod domain;
+pub mod http;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,53 @@
+//! The Postgres backend: connections, migrations, and the event log every write goes through.
+//!
+//! Connections: the service connects with `DATABASE_URL` and every session switches to the
+//! restricted [`WRITER_ROLE`] (it may read the log and insert into it, never change it); migrations
+//! run with their own URL as the owning role (design.md §8). The switch defends against our own bugs,
+//! not against an operator who can `RESET ROLE`.
+
+pub mod channels;
+pub mod kv;
+pub mod log;
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, Executor, PgPool};
+
+use super::StoreError;
+
+pub use channels::PgChannelStore;
+pub use kv::PgAtomicStorage;
+
+/// The role the service's sessions run as.
+pub const WRITER_ROLE: &str = "mpe_ledger_writer";
+/// The role that owns the schema.
+pub const OWNER_ROLE: &str = "mpe_ledger_owner";
+/// Connections per pool unless configured otherwise.
+pub const DEFAULT_POOL_SIZE: u32 = 16;
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The service's pool: every session runs as [`WRITER_ROLE`].
+pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
+    let options: PgConnectOptions = url.parse()?;
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                conn.execute("SET ROLE mpe_ledger_writer").await?;
+                Ok(())
+            })
+        })
+        .connect_with(options)
+        .await?;
+    Ok(pool)
+}
+
+/// Applies the migrations in `migrations/` (embedded in the binary).
+pub async fn migrate(url: &str) -> Result<(), StoreError> {
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    sqlx::migrate!("./migrations").run(&mut conn).await?;
+    conn.close().await?;
+    Ok(())
+}
