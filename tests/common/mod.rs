@@ -117,3 +117,9 @@ fn urls_get_their_database_replaced() {
     );
     assert_eq!(with_database("postgres://h", "x"), "postgres://h/x");
 }
+
+/// A Postgres AtomicStorage on a fresh database.
+pub async fn pg_storage() -> mpe_ledger::store::postgres::PgAtomicStorage {
+    let db = TestDb::new().await;
+    mpe_ledger::store::postgres::PgAtomicStorage::new(db.pool.clone(), db.metrics.clone())
+}
