@@ -51,7 +51,8 @@ const START_TIMEOUT_SECS: u32 = 60;
 /// How long we keep trying to connect after the server reports ready (or when attaching).
 const CONNECT_DEADLINE: Duration = Duration::from_secs(15);
 const CONNECT_RETRY: Duration = Duration::from_millis(200);
-const LOG_TAIL_BYTES: u64 = 4096;
+const LOG_TAIL_BYTES: u64 = 8192;
+const LOG_TAIL_LINES: usize = 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -380,28 +381,21 @@ async fn server_user(pgdata: &Path, may_create: bool) -> Result<Option<ServerUse
 /// Creates the data root for the server user and checks that user can reach it.
 fn prepare_data_root(data_root: &Path, user: Option<&ServerUser>) -> Result<PathBuf, ClusterError> {
     let absolute = std::path::absolute(data_root).map_err(io_err("resolve", data_root))?;
-    let mut created = Vec::new();
+    let mut missing = Vec::new();
     let mut probe = absolute.as_path();
     while fs::symlink_metadata(probe).is_err() {
-        created.push(probe.to_path_buf());
+        missing.push(probe.to_path_buf());
         match probe.parent() {
             Some(parent) => probe = parent,
             None => break,
         }
     }
-    fs::create_dir_all(&absolute).map_err(io_err("create directory", &absolute))?;
-    let root = fs::canonicalize(&absolute).map_err(io_err("resolve", &absolute))?;
-
     if let Some(user) = user {
-        for dir in &created {
-            std::os::unix::fs::chown(dir, Some(user.uid), Some(user.gid)).map_err(io_err("chown", dir))?;
-        }
-        let meta = fs::metadata(&root).map_err(io_err("stat", &root))?;
-        if meta.uid() != user.uid || meta.gid() != user.gid {
-            std::os::unix::fs::chown(&root, Some(user.uid), Some(user.gid))
-                .map_err(io_err("chown", &root))?;
-        }
-        for dir in root.ancestors().skip(1) {
+        // Checked before creating anything, so a refused data root leaves no debris. What we create
+        // is the user's; what exists already must let the user through.
+        let existing = fs::canonicalize(probe).map_err(io_err("resolve", probe))?;
+        let first_foreign = if missing.is_empty() { existing.parent() } else { Some(existing.as_path()) };
+        for dir in first_foreign.into_iter().flat_map(Path::ancestors) {
             let meta = fs::metadata(dir).map_err(io_err("stat", dir))?;
             let mode = meta.mode();
             let traversable = mode & 0o001 != 0
@@ -410,10 +404,22 @@ fn prepare_data_root(data_root: &Path, user: Option<&ServerUser>) -> Result<Path
             if !traversable {
                 return Err(ClusterError::NotTraversable {
                     user: user.name.clone(),
-                    data_root: root.clone(),
+                    data_root: absolute,
                     dir: dir.to_path_buf(),
                 });
             }
+        }
+    }
+    fs::create_dir_all(&absolute).map_err(io_err("create directory", &absolute))?;
+    let root = fs::canonicalize(&absolute).map_err(io_err("resolve", &absolute))?;
+    if let Some(user) = user {
+        for dir in missing.iter().rev() {
+            std::os::unix::fs::chown(dir, Some(user.uid), Some(user.gid)).map_err(io_err("chown", dir))?;
+        }
+        let meta = fs::metadata(&root).map_err(io_err("stat", &root))?;
+        if meta.uid() != user.uid || meta.gid() != user.gid {
+            std::os::unix::fs::chown(&root, Some(user.uid), Some(user.gid))
+                .map_err(io_err("chown", &root))?;
         }
     }
     let meta = fs::metadata(&root).map_err(io_err("stat", &root))?;
@@ -519,11 +525,9 @@ fn log_tail(path: &Path) -> String {
         let mut buf = Vec::new();
         file.read_to_end(&mut buf)?;
         let text = String::from_utf8_lossy(&buf).into_owned();
-        // Drop the partial first line when we started mid-file.
-        Ok(match (start > 0, text.find('\n')) {
-            (true, Some(i)) => text[i + 1..].to_string(),
-            _ => text,
-        })
+        // The first line is partial when we started mid-file.
+        let lines: Vec<&str> = text.lines().skip(usize::from(start > 0)).collect();
+        Ok(lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n"))
     };
     match read() {
         Ok(t) if t.trim().is_empty() => "(empty)".to_string(),

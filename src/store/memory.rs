@@ -80,9 +80,10 @@ impl AtomicStorage for MemoryStorage {
 /// Event-sourced channels in memory, with the same semantics as the Postgres channel store.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryChannelStore {
-    streams: Arc<Mutex<BTreeMap<ChannelId, (Vec<ChannelEvent>, ChannelProjection)>>>,
+    streams: Arc<Mutex<Streams>>,
 }
 
+/// Each channel's events and the state they fold to.
 type Streams = BTreeMap<ChannelId, (Vec<ChannelEvent>, ChannelProjection)>;
 
 impl MemoryChannelStore {

@@ -17,6 +17,18 @@ pub const MAX_ATTEMPTS: u32 = 40;
 const FIRST_BACKOFF: Duration = Duration::from_millis(1);
 const MAX_BACKOFF: Duration = Duration::from_millis(64);
 
+/// The operations that write through [`serializable`], as labelled in metrics.
+pub const OPERATIONS: [&str; 8] = [
+    "kv.put",
+    "kv.put_if_absent",
+    "kv.compare_and_swap",
+    "kv.delete",
+    "channels.put",
+    "channels.put_if_absent",
+    "channels.compare_and_swap",
+    "rebuild",
+];
+
 /// Counters of the storage layer.
 #[derive(Clone)]
 pub struct StoreMetrics {
@@ -27,6 +39,11 @@ pub struct StoreMetrics {
 impl StoreMetrics {
     pub fn new(registry: &Registry) -> Self {
         let metrics = Self::unregistered();
+        // Export every known operation from the start, at 0, so dashboards see the series.
+        for operation in OPERATIONS {
+            metrics.serialization_retries.with_label_values(&[operation]);
+            metrics.retries_exhausted.with_label_values(&[operation]);
+        }
         registry.register(Box::new(metrics.serialization_retries.clone())).expect("metric names are unique");
         registry.register(Box::new(metrics.retries_exhausted.clone())).expect("metric names are unique");
         metrics

@@ -91,35 +91,31 @@ async fn fold_log(conn: &mut PgConnection, differences: &mut Vec<Difference>) ->
            FROM ledger.events ORDER BY stream, stream_version"#
     )
     .fetch(conn);
-    // State of the stream being folded.
-    let mut current: Option<(String, StreamHead, Option<ChannelProjection>, Option<Vec<u8>>, bool)> = None;
+    let mut current: Option<StreamFold> = None;
     while let Some(row) = rows.try_next().await? {
         folded.events += 1;
-        if current.as_ref().is_none_or(|(name, ..)| *name != row.stream) {
+        if current.as_ref().is_none_or(|fold| fold.name != row.stream) {
             if let Some(done) = current.take() {
                 finish_stream(&mut folded, done);
             }
-            current = Some((
-                row.stream.clone(),
-                StreamHead { version: 0, last_hash: GENESIS_HASH },
-                None,
-                None,
-                false,
-            ));
+            current = Some(StreamFold {
+                name: row.stream.clone(),
+                head: StreamHead { version: 0, last_hash: GENESIS_HASH },
+                channel: None,
+                kv: None,
+            });
         }
-        let (name, head, channel, kv, broken) = current.as_mut().expect("set above");
+        let StreamFold { name, head, channel, kv } = current.as_mut().expect("set above");
         let stream = match StreamId::parse(name) {
             Some(stream) => stream,
             None => {
-                diff(differences, name, "stream name", name.as_str(), "channel/<id> or kv/<hex>");
-                *broken = true;
+                diff(differences, name, "stream name", &*name, "channel/<id> or kv/<hex>");
                 continue;
             }
         };
         let version = u64::try_from(row.stream_version).unwrap_or(0);
         if version != head.version + 1 {
             diff(differences, name, "stream_version", row.stream_version, head.version + 1);
-            *broken = true;
         }
         if row.prev_hash != head.last_hash {
             diff(
@@ -129,13 +125,11 @@ async fn fold_log(conn: &mut PgConnection, differences: &mut Vec<Difference>) ->
                 hex0x(&row.prev_hash),
                 hex0x(&head.last_hash),
             );
-            *broken = true;
         }
         let event = match Event::from_json(&row.event_type, &row.payload) {
             Ok(event) => event,
             Err(e) => {
                 diff(differences, name, format!("version {version}: payload"), row.payload.to_string(), e);
-                *broken = true;
                 head.version = version;
                 head.last_hash = row.hash.as_slice().try_into().unwrap_or(GENESIS_HASH);
                 continue;
@@ -150,7 +144,6 @@ async fn fold_log(conn: &mut PgConnection, differences: &mut Vec<Difference>) ->
                 hex0x(&row.hash),
                 hex0x(&recomputed),
             );
-            *broken = true;
         }
         check_columns(differences, name, version, &stream, &row, &event);
         head.version = version;
@@ -160,7 +153,6 @@ async fn fold_log(conn: &mut PgConnection, differences: &mut Vec<Difference>) ->
                 Ok(next) => *channel = Some(next),
                 Err(e) => {
                     diff(differences, name, format!("version {version}: fold"), row.event_type.as_str(), e);
-                    *broken = true;
                 }
             },
             (StreamId::Kv(_), Event::Kv(KvEvent::KeyPut { value, .. })) => *kv = Some(value),
@@ -173,7 +165,6 @@ async fn fold_log(conn: &mut PgConnection, differences: &mut Vec<Difference>) ->
                     row.event_type.as_str(),
                     "an event of this stream's kind",
                 );
-                *broken = true;
             }
         }
     }
@@ -183,16 +174,15 @@ async fn fold_log(conn: &mut PgConnection, differences: &mut Vec<Difference>) ->
     Ok(folded)
 }
 
-fn finish_stream(
-    folded: &mut Folded,
-    (name, head, channel, kv, _broken): (
-        String,
-        StreamHead,
-        Option<ChannelProjection>,
-        Option<Vec<u8>>,
-        bool,
-    ),
-) {
+/// The stream being folded.
+struct StreamFold {
+    name: String,
+    head: StreamHead,
+    channel: Option<ChannelProjection>,
+    kv: Option<Vec<u8>>,
+}
+
+fn finish_stream(folded: &mut Folded, StreamFold { name, head, channel, kv }: StreamFold) {
     match StreamId::parse(&name) {
         Some(StreamId::Channel(id)) => {
             if let Some(channel) = channel {

@@ -1,8 +1,9 @@
 //! Test harness: a real Postgres for every test, each test in its own freshly migrated database.
 //!
 //! The cluster is `MPE_LEDGER_TEST_DATABASE_URL` (a superuser URL of any Postgres) when set,
-//! otherwise an embedded cluster in `$TMPDIR/mpe-ledger-test-cluster`, started on first use and left
-//! running for the next test process (scripts/test.sh stops it at the end).
+//! otherwise an embedded cluster in `MPE_LEDGER_TEST_CLUSTER_DIR` (default
+//! `$TMPDIR/mpe-ledger-test-cluster`), started on first use and left running for the next test
+//! process; scripts/test.sh gives each run a fresh one and stops it at the end.
 #![allow(dead_code)]
 
 pub mod contract;
@@ -19,7 +20,9 @@ use tokio::sync::OnceCell;
 static ADMIN_URL: OnceCell<String> = OnceCell::const_new();
 
 pub fn test_cluster_root() -> PathBuf {
-    std::env::temp_dir().join("mpe-ledger-test-cluster")
+    std::env::var_os("MPE_LEDGER_TEST_CLUSTER_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("mpe-ledger-test-cluster"))
 }
 
 /// Superuser URL of the test cluster's `postgres` database.

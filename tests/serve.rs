@@ -1,0 +1,125 @@
+//! `mpe-ledger serve` as a new user runs it: no configuration, its own Postgres cluster in a data
+//! directory, `/healthz` and `/metrics`, graceful shutdown on SIGTERM that stops the cluster, and a
+//! second start that reuses the data directory and loses nothing.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mpe_ledger::startup::cluster::{DATABASE_NAME, EmbeddedCluster, is_running};
+use mpe_ledger::store::AtomicStorage;
+use mpe_ledger::store::postgres::{PgAtomicStorage, connect};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn start_serve(data_dir: &Path, port: u16) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_mpe-ledger"))
+        .args(["serve", "--http-listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env_remove("DATABASE_URL")
+        .env_remove("MIGRATION_DATABASE_URL")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start mpe-ledger serve")
+}
+
+/// A plain HTTP/1.1 GET: status code and body.
+async fn get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
+
+async fn wait_healthy(port: u16, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Ok((200, body)) = get(port, "/healthz").await {
+            assert_eq!(body, "ok\n");
+            return;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("serve exited early with {status}");
+        }
+        assert!(Instant::now() < deadline, "serve did not become healthy");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn terminate(mut child: Child) {
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "serve exited with {status} after SIGTERM");
+            return;
+        }
+        assert!(Instant::now() < deadline, "serve did not stop after SIGTERM");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+async fn storage_of_running_cluster(data_dir: &Path) -> PgAtomicStorage {
+    let cluster = EmbeddedCluster::ensure_running(data_dir).await.unwrap();
+    assert!(!cluster.started_here(), "serve's cluster should already be running");
+    let pool = connect(&cluster.url(DATABASE_NAME), 2).await.unwrap();
+    PgAtomicStorage::new(pool, std::sync::Arc::new(mpe_ledger::store::retry::StoreMetrics::unregistered()))
+}
+
+#[tokio::test]
+async fn serve_runs_its_own_cluster_stops_it_on_sigterm_and_keeps_the_data_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("ledger");
+
+    let port = free_port();
+    let mut first = start_serve(&data_dir, port);
+    wait_healthy(port, &mut first).await;
+    let (status, metrics) = get(port, "/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    assert!(metrics.contains("mpe_ledger_serialization_retries_total"), "{metrics}");
+    let storage = storage_of_running_cluster(&data_dir).await;
+    storage.put(b"survives", b"restart").await.unwrap();
+    terminate(first);
+    assert!(!is_running(&data_dir).await.unwrap(), "graceful shutdown stops the cluster it started");
+
+    let port = free_port();
+    let mut second = start_serve(&data_dir, port);
+    wait_healthy(port, &mut second).await;
+    let storage = storage_of_running_cluster(&data_dir).await;
+    assert_eq!(storage.get(b"survives").await.unwrap(), Some(b"restart".to_vec()));
+    terminate(second);
+    assert!(!is_running(&data_dir).await.unwrap());
+}
+
+#[test]
+fn missing_server_binaries_are_reported_in_one_line_naming_the_package() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_mpe-ledger"))
+        .arg("migrate")
+        .arg("--data-dir")
+        .arg(dir.path().join("ledger"))
+        .env_remove("DATABASE_URL")
+        .env("MPE_LEDGER_PG_BIN", dir.path().join("no-such-bin"))
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("\"postgresql\""), "{stderr}");
+}
