@@ -106,6 +106,8 @@ async fn serve_runs_its_own_cluster_stops_it_on_sigterm_and_keeps_the_data_acros
     assert!(!is_running(&data_dir).await.unwrap());
 }
 
+/// The server binaries cannot be uninstalled here, so the same refusal is provoked by pointing
+/// `MPE_LEDGER_PG_BIN` at a directory without them.
 #[test]
 fn missing_server_binaries_are_reported_in_one_line_naming_the_package() {
     let dir = tempfile::tempdir().unwrap();

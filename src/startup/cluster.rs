@@ -61,7 +61,10 @@ pub enum ClusterError {
     )]
     ServerBinariesMissing,
 
-    #[error("{PG_BIN_ENV}={} does not contain executable initdb and pg_ctl", dir.display())]
+    #[error(
+        "{PG_BIN_ENV}={} does not contain executable initdb and pg_ctl: point it at the server binaries of the Debian package \"postgresql\" (/usr/lib/postgresql/<major>/bin)",
+        dir.display()
+    )]
     BadBinDir { dir: PathBuf },
 
     #[error("cannot {action} {}: {source}", path.display())]

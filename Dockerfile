@@ -1,0 +1,12 @@
+# Builds the ledger without a database: queries are checked against the committed .sqlx/ data.
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --locked --release --bin mpe-ledger
+
+FROM debian:bookworm-slim
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/*
+COPY --from=build /src/target/release/mpe-ledger /usr/local/bin/mpe-ledger
+EXPOSE 7070
+ENTRYPOINT ["mpe-ledger"]
+CMD ["serve", "--http-listen", "0.0.0.0:7070"]
