@@ -94,25 +94,44 @@ pub enum KvEvent {
     },
 }
 
+/// What an operator did to a channel's lease. Leases are operational state: only a forced
+/// release is recorded, so that an audit shows who unblocked a channel and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum LeaseEvent {
+    /// Canonical fields: holder, expired (1 byte).
+    LeaseReleasedByOperator {
+        /// The replica that held the lease.
+        holder: String,
+        /// Whether the lease had already expired when it was released.
+        expired: bool,
+    },
+}
+
 /// Any event of the log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Event {
     Channel(ChannelEvent),
     Kv(KvEvent),
+    Lease(LeaseEvent),
 }
 
-/// The stream an event belongs to: `channel/<decimal id>` or `kv/<hex key>`.
+/// The stream an event belongs to: `channel/<decimal id>`, `kv/<hex key>` or `lease/<decimal id>`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum StreamId {
     Channel(ChannelId),
     Kv(Vec<u8>),
+    Lease(ChannelId),
 }
 
 impl StreamId {
     pub fn parse(text: &str) -> Option<Self> {
         if let Some(id) = text.strip_prefix("channel/") {
             return id.parse().ok().map(Self::Channel);
+        }
+        if let Some(id) = text.strip_prefix("lease/") {
+            return id.parse().ok().map(Self::Lease);
         }
         let key = text.strip_prefix("kv/")?;
         hex::decode(key).ok().map(Self::Kv)
@@ -124,6 +143,7 @@ impl fmt::Display for StreamId {
         match self {
             Self::Channel(id) => write!(f, "channel/{id}"),
             Self::Kv(key) => write!(f, "kv/{}", hex::encode(key)),
+            Self::Lease(id) => write!(f, "lease/{id}"),
         }
     }
 }
@@ -146,6 +166,7 @@ impl Event {
             Self::Channel(ChannelEvent::ClaimFinished { .. }) => "claim_finished",
             Self::Kv(KvEvent::KeyPut { .. }) => "key_put",
             Self::Kv(KvEvent::KeyDeleted { .. }) => "key_deleted",
+            Self::Lease(LeaseEvent::LeaseReleasedByOperator { .. }) => "lease_released_by_operator",
         }
     }
 
@@ -180,7 +201,7 @@ impl Event {
             Self::Channel(ChannelEvent::ClaimFinished { nonce, amount, .. }) => {
                 (Some(*nonce), Some(*amount), None)
             }
-            Self::Kv(_) => (None, None, None),
+            Self::Kv(_) | Self::Lease(_) => (None, None, None),
         }
     }
 
@@ -230,6 +251,10 @@ impl Event {
                 field(&mut out, value);
             }
             Self::Kv(KvEvent::KeyDeleted { key }) => field(&mut out, key),
+            Self::Lease(LeaseEvent::LeaseReleasedByOperator { holder, expired }) => {
+                field(&mut out, holder.as_bytes());
+                field(&mut out, &[u8::from(*expired)]);
+            }
         }
         out
     }
@@ -304,6 +329,7 @@ mod tests {
             }),
             Event::Kv(KvEvent::KeyPut { key: vec![0, 0xff], value: vec![] }),
             Event::Kv(KvEvent::KeyDeleted { key: b"%_".to_vec() }),
+            Event::Lease(LeaseEvent::LeaseReleasedByOperator { holder: "replica-a".into(), expired: true }),
         ];
         for event in events {
             let json = event.to_json();
@@ -348,7 +374,11 @@ mod tests {
 
     #[test]
     fn stream_ids_round_trip_through_text() {
-        for stream in [StreamId::Channel(ChannelId::from(42)), StreamId::Kv(vec![0, 0xff, b'%'])] {
+        for stream in [
+            StreamId::Channel(ChannelId::from(42)),
+            StreamId::Kv(vec![0, 0xff, b'%']),
+            StreamId::Lease(ChannelId::from(7)),
+        ] {
             assert_eq!(StreamId::parse(&stream.to_string()), Some(stream));
         }
         assert_eq!(StreamId::Kv(vec![0xab]).to_string(), "kv/ab");

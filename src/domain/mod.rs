@@ -3,9 +3,11 @@
 pub mod channel;
 pub mod event;
 pub mod fold;
+// DETACHED pub mod headers;
+// DETACHED pub mod payment;
 pub mod types;
 
 pub use channel::{ChannelState, OnChainChannel, PaymentChannelData, PaymentChannelKey};
-pub use event::{ChainBlock, ChannelEvent, ClaimOutcome, Event, KvEvent, StreamId};
+pub use event::{ChainBlock, ChannelEvent, ClaimOutcome, Event, KvEvent, LeaseEvent, StreamId};
 pub use fold::{ChannelProjection, Claim, FoldError};
 pub use types::{Amount, BlockNumber, ChannelId, EthAddress, GroupId, Nonce, ParseError, Signature};

@@ -157,6 +157,7 @@ async fn fold_log(conn: &mut PgConnection, differences: &mut Vec<Difference>) ->
             },
             (StreamId::Kv(_), Event::Kv(KvEvent::KeyPut { value, .. })) => *kv = Some(value),
             (StreamId::Kv(_), Event::Kv(KvEvent::KeyDeleted { .. })) => *kv = None,
+            (StreamId::Lease(_), Event::Lease(_)) => {}
             _ => {
                 diff(
                     differences,
@@ -194,7 +195,7 @@ fn finish_stream(folded: &mut Folded, StreamFold { name, head, channel, kv }: St
                 folded.kv.insert(key, value);
             }
         }
-        None => {}
+        Some(StreamId::Lease(_)) | None => {}
     }
     folded.heads.insert(name, head);
 }
@@ -210,7 +211,7 @@ fn check_columns(
 ) {
     let (nonce, amount, signature) = event.amount_columns();
     let expected_channel = match stream {
-        StreamId::Channel(id) => Some(id.to_string()),
+        StreamId::Channel(id) | StreamId::Lease(id) => Some(id.to_string()),
         StreamId::Kv(_) => None,
     };
     let pairs = [

@@ -45,7 +45,7 @@ impl PgChannelStore {
         let condition = &condition;
         serializable(&self.pool, &self.metrics, operation, |mut tx| {
             Box::pin(async move {
-                let current = load_projection(&mut tx, requested.channel_id).await?;
+                let current = load_projection(&mut tx, requested.channel_id).await?.map(|(state, _)| state);
                 let allowed = match (condition, &current) {
                     (Condition::Always, _) => true,
                     (Condition::IfAbsent, current) => current.is_none(),
@@ -295,22 +295,22 @@ pub async fn claim_rows(
     Ok(rows)
 }
 
-/// The stored projection of one channel with its stream version.
+/// The stored projection of one channel and its stream version.
 pub async fn load_projection(
     conn: &mut PgConnection,
     channel_id: ChannelId,
-) -> Result<Option<ChannelProjection>, StoreError> {
+) -> Result<Option<(ChannelProjection, u64)>, StoreError> {
     let Some(row) = channel_rows(conn, Some(channel_id)).await?.into_iter().next() else {
         return Ok(None);
     };
     let channel = row.to_domain()?;
-    version_from_db(&StreamId::Channel(channel_id), row.stream_version)?;
+    let version = version_from_db(&StreamId::Channel(channel_id), row.stream_version)?;
     let mut claims = BTreeMap::new();
     for row in claim_rows(conn, Some(channel_id)).await? {
         let claim = row.to_domain()?;
         claims.insert(claim.nonce, claim);
     }
-    Ok(Some(ChannelProjection { channel, claims }))
+    Ok(Some((ChannelProjection { channel, claims }, version)))
 }
 
 impl ChannelStore for PgChannelStore {
@@ -353,9 +353,9 @@ impl ChannelStore for PgChannelStore {
         rows.into_iter()
             .map(|row| match Event::from_json(&row.event_type, &row.payload) {
                 Ok(Event::Channel(event)) => Ok(event),
-                Ok(Event::Kv(_)) => Err(StoreError::CorruptLog {
+                Ok(other) => Err(StoreError::CorruptLog {
                     stream: stream.to_string(),
-                    reason: "key-value event in a channel stream".to_owned(),
+                    reason: format!("{} event in a channel stream", other.event_type()),
                 }),
                 Err(e) => Err(StoreError::CorruptLog { stream: stream.to_string(), reason: e.to_string() }),
             })

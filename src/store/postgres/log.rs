@@ -83,7 +83,7 @@ pub async fn append(
         });
     }
     let channel_id = match stream {
-        StreamId::Channel(id) => Some(id.to_string()),
+        StreamId::Channel(id) | StreamId::Lease(id) => Some(id.to_string()),
         StreamId::Kv(_) => None,
     };
     for (event, (prev_hash, version, hash)) in events.iter().zip(links) {

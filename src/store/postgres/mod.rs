@@ -7,6 +7,7 @@
 
 pub mod channels;
 pub mod kv;
+// DETACHED pub mod ledger;
 pub mod log;
 
 use std::time::Duration;
@@ -18,6 +19,7 @@ use super::StoreError;
 
 pub use channels::PgChannelStore;
 pub use kv::PgAtomicStorage;
+// DETACHED pub use ledger::PgLedger;
 
 /// The role the service's sessions run as.
 pub const WRITER_ROLE: &str = "mpe_ledger_writer";

@@ -1,0 +1,207 @@
+//! A channel as the escrow sees it: the ledger's projection merged with the chain (escrow.md §3.5,
+//! §7), plus the `channel merged from chain` event that a write must append when the chain showed
+//! something newer.
+//!
+//! Rules:
+//! - A channel whose recipient is not our payment address, or whose group is not ours, is refused,
+//!   whether it is stored or not (design.md §8: a mismatch is never a read failure).
+//! - Not stored: the chain's state, with a merge event (the channel's first event).
+//! - Stored and the chain unreachable or silent: the stored state (counted in a metric).
+//! - Stored nonce above the chain's: the stored state (a claim started here has not landed yet).
+//! - Chain nonce above the stored one: the chain's state, authorisation reset.
+//! - Same nonce: the stored state with the chain's value and expiration.
+//!
+//! Chain reads for payments may come from a cache. A cached read is used only when it is younger
+//! than the configured age, the payment's amount does not exceed the cached value, and the cached
+//! expiration is beyond the current block plus the expiration threshold; otherwise the chain is read
+//! again. Between reads the chain can only have raised the value or the expiration (add funds,
+//! extend): a recipient claim goes through this ledger first, and a sender can only reclaim after
+//! expiration, which the expiration check already refuses. So a cached read never makes the ledger
+//! accept a payment the chain would not honour. Claims and state queries always read the chain.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use alloy_primitives::U256;
+
+use crate::chain::{ChainError, ChainReader, ChannelRead};
+use crate::domain::{Amount, ChannelEvent, ChannelId, ChannelProjection, PaymentChannelData};
+use crate::store::StoreError;
+use crate::store::postgres::PgLedger;
+
+use super::EscrowConfig;
+
+/// The merged view and what a write must record about it.
+#[derive(Debug, Clone)]
+pub struct MergedChannel {
+    pub channel: PaymentChannelData,
+    /// The stored projection and its stream version (version 0 when not stored).
+    pub stored: Option<ChannelProjection>,
+    pub version: u64,
+    /// To append before the write's own event, when the chain showed something newer.
+    pub merge: Option<ChannelEvent>,
+    /// The chain read the merge used, if any.
+    pub chain: Option<ChannelRead>,
+}
+
+/// Why a channel could not be looked up.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    #[error("{0}")]
+    Storage(#[from] StoreError),
+    #[error("{0}")]
+    Chain(#[from] ChainError),
+    #[error("channel received belongs to another group of replicas, current group: {ours}, channel group: {theirs}")]
+    OtherGroup { ours: GoBytes, theirs: GoBytes },
+    #[error("recipient Address from org metadata does not Match on what was retrieved from Channel")]
+    OtherRecipient,
+}
+
+/// A byte array printed as Go's `%v` prints it: `[125 0 0 … 0]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoBytes(pub Vec<u8>);
+
+impl fmt::Display for GoBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let items: Vec<String> = self.0.iter().map(u8::to_string).collect();
+        write!(f, "[{}]", items.join(" "))
+    }
+}
+
+/// Whether a cached chain read may serve this lookup.
+#[derive(Debug, Clone, Copy)]
+pub enum Freshness {
+    /// Always read the chain.
+    Fresh,
+    /// A payment of this amount at this block may use a cached read (module doc).
+    ForPayment { amount: Amount, current_block: u64 },
+}
+
+/// Chain reads for payments, kept briefly (module doc).
+#[derive(Debug, Default)]
+struct ChainCache {
+    entries: Mutex<HashMap<ChannelId, (ChannelRead, Instant)>>,
+}
+
+pub struct ChannelSource<C> {
+    ledger: PgLedger,
+    chain: C,
+    config: Arc<EscrowConfig>,
+    cache: ChainCache,
+}
+
+impl<C: ChainReader> ChannelSource<C> {
+    pub fn new(ledger: PgLedger, chain: C, config: Arc<EscrowConfig>) -> Self {
+        Self { ledger, chain, config, cache: ChainCache::default() }
+    }
+
+    pub fn chain(&self) -> &C {
+        &self.chain
+    }
+
+    pub fn ledger(&self) -> &PgLedger {
+        &self.ledger
+    }
+
+    async fn read_chain(&self, id: ChannelId, freshness: Freshness) -> Result<Option<ChannelRead>, ChainError> {
+        if let Freshness::ForPayment { amount, current_block } = freshness {
+            let cached = self.cache.entries.lock().unwrap_or_else(|p| p.into_inner()).get(&id).cloned();
+            if let Some((read, at)) = cached {
+                let horizon = U256::from(current_block) + U256::from(self.config.expiration_threshold);
+                if at.elapsed() < self.config.chain_cache_age
+                    && amount <= read.channel.value
+                    && horizon < read.channel.expiration.value()
+                {
+                    return Ok(Some(read));
+                }
+            }
+        }
+        let read = self.chain.channel(id).await?;
+        let mut entries = self.cache.entries.lock().unwrap_or_else(|p| p.into_inner());
+        match &read {
+            Some(read) => entries.insert(id, (read.clone(), Instant::now())),
+            None => entries.remove(&id),
+        };
+        Ok(read)
+    }
+
+    fn check_ours(&self, read: &ChannelRead) -> Result<(), LookupError> {
+        if read.channel.recipient != self.config.payment_address {
+            return Err(LookupError::OtherRecipient);
+        }
+        if read.channel.group_id != self.config.group_id {
+            return Err(LookupError::OtherGroup {
+                ours: GoBytes(self.config.group_id.0.to_vec()),
+                theirs: GoBytes(read.channel.group_id.0.to_vec()),
+            });
+        }
+        Ok(())
+    }
+
+    /// The merged channel, `None` when neither the ledger nor the chain knows it.
+    pub async fn payment_channel(&self, id: ChannelId, freshness: Freshness) -> Result<Option<MergedChannel>, LookupError> {
+        let stored = self.ledger.channel(id).await?;
+        let chain = self.read_chain(id, freshness).await;
+        let (stored, version) = match stored {
+            Some((state, version)) => (Some(state), version),
+            None => (None, 0),
+        };
+        let read = match (chain, &stored) {
+            (Ok(Some(read)), _) => {
+                self.check_ours(&read)?;
+                read
+            }
+            (Ok(None), None) => return Ok(None),
+            (Err(error), None) => return Err(error.into()),
+            (Ok(None), Some(state)) | (Err(_), Some(state)) => {
+                tracing::warn!(channel = %id, "chain read failed or found nothing; using the stored state");
+                return Ok(Some(MergedChannel {
+                    channel: state.channel.clone(),
+                    stored,
+                    version,
+                    merge: None,
+                    chain: None,
+                }));
+            }
+        };
+        let merge_event = ChannelEvent::ChannelMergedFromChain { chain: read.channel.clone(), block: Some(read.block) };
+        let merged = match &stored {
+            None => MergedChannel {
+                channel: PaymentChannelData::from_chain(id, &read.channel),
+                stored: None,
+                version,
+                merge: Some(merge_event),
+                chain: Some(read),
+            },
+            Some(state) => {
+                let current = &state.channel;
+                let newer = read.channel.nonce > current.nonce
+                    || (read.channel.nonce == current.nonce
+                        && (read.channel.value != current.full_amount || read.channel.expiration != current.expiration));
+                if newer {
+                    let channel = crate::domain::fold::apply(id, Some(state.clone()), &merge_event)
+                        .map_err(|e| LookupError::Storage(e.into()))?
+                        .channel;
+                    MergedChannel { channel, stored, version, merge: Some(merge_event), chain: Some(read) }
+                } else {
+                    MergedChannel { channel: current.clone(), stored, version, merge: None, chain: Some(read) }
+                }
+            }
+        };
+        Ok(Some(merged))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_bytes_print_like_go() {
+        let mut group = vec![0u8; 4];
+        group[0] = 125;
+        assert_eq!(GoBytes(group).to_string(), "[125 0 0 0]");
+    }
+}

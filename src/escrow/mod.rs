@@ -1,0 +1,46 @@
+//! The seed's escrow services, re-built on the event log: paid-call payment transactions
+//! ([`payments`]), the channel state they validate against, merged from the ledger and the chain
+//! ([`channels`]), and the provider's claims ([`claims`]).
+//!
+//! Every write goes through `store::postgres::PgLedger::commit`: lease checked, stream version
+//! checked, events folded, appended, projections updated, lease released, in one serializable
+//! transaction. A failed request and every read-only path write nothing.
+
+pub mod channels;
+pub mod claims;
+pub mod payments;
+
+use std::time::Duration;
+
+use crate::domain::payment::Pricing;
+use crate::domain::{EthAddress, GroupId};
+
+/// Longest a lease lives without renewal unless configured: long enough for a slow upstream call,
+/// short enough that a crashed replica blocks a channel only briefly.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
+/// Confirmations before a claim seen on chain is recorded as finished (a main-network default).
+pub const DEFAULT_CONFIRMATIONS: u64 = 12;
+/// How far back claim logs are searched, in blocks (about 140 days at 12 s a block).
+pub const DEFAULT_CLAIM_LOG_LOOKBACK: u64 = 1_000_000;
+/// Longest a cached chain read is trusted for a payment (see `channels`).
+pub const DEFAULT_CHAIN_CACHE_AGE: Duration = Duration::from_secs(5);
+
+/// What the escrow needs to know about its deployment.
+#[derive(Debug, Clone)]
+pub struct EscrowConfig {
+    /// The MultiPartyEscrow contract every signature commits to.
+    pub mpe: EthAddress,
+    /// This group of replicas: only channels of this group are served.
+    pub group_id: GroupId,
+    /// The provider's payment address: only channels paying it are served, and only it may claim.
+    pub payment_address: EthAddress,
+    /// Blocks before expiration from which payments are refused.
+    pub expiration_threshold: u64,
+    pub pricing: Pricing,
+    /// The lease holder name of this replica.
+    pub replica_id: String,
+    pub lease_ttl: Duration,
+    pub confirmations: u64,
+    pub claim_log_lookback: u64,
+    pub chain_cache_age: Duration,
+}

@@ -1,0 +1,163 @@
+//! Payment transactions of paid calls (escrow.md §3.3–3.4, §3.8): `start` validates a payment and
+//! takes the channel's lease; `commit` records it (`payment accepted`, after a merge event when the
+//! chain showed something newer) and releases the lease; `rollback` only releases the lease.
+//!
+//! Decisions where the seed has a defect (escrow.md §10, §11):
+//! - The lock is a lease with an expiry (see `store::leases`); a second concurrent `start` on a held
+//!   channel gets the seed's FailedPrecondition, and a holder whose lease expired and was taken over
+//!   cannot commit: its commit is refused with FailedPrecondition and nothing is written.
+//! - Commit is a compare-and-swap on the channel's stream version, not the seed's blind Put.
+
+use std::sync::Arc;
+
+use crate::chain::ChainReader;
+use crate::domain::payment::{Income, Payment, PaymentError, validate_income, validate_payment};
+use crate::domain::{ChannelEvent, EthAddress, PaymentChannelData, Signature};
+use crate::store::leases::{Acquisition, Lease, PgLeases};
+use crate::store::postgres::ledger::{ChannelCommit, CommitError, CommitOutcome, PaymentIdentity};
+
+use super::EscrowConfig;
+use super::channels::{ChannelSource, Freshness, MergedChannel};
+
+/// A validated payment holding its channel's lease, waiting for the call's outcome.
+#[derive(Debug)]
+pub struct PaymentTransaction {
+    payment: Payment,
+    signer: EthAddress,
+    signature: Signature,
+    merged: MergedChannel,
+    lease: Lease,
+}
+
+impl PaymentTransaction {
+    pub fn payment(&self) -> &Payment {
+        &self.payment
+    }
+
+    /// The channel as validated (merged, before this payment).
+    pub fn channel(&self) -> &PaymentChannelData {
+        &self.merged.channel
+    }
+
+    /// The channel's sender: forwarded to the service as `snet-user-address`.
+    pub fn sender(&self) -> EthAddress {
+        self.merged.channel.sender
+    }
+
+    pub fn signer(&self) -> EthAddress {
+        self.signer
+    }
+
+    pub fn lease(&self) -> &Lease {
+        &self.lease
+    }
+}
+
+pub struct PaymentService<C> {
+    channels: Arc<ChannelSource<C>>,
+    leases: PgLeases,
+    config: Arc<EscrowConfig>,
+}
+
+impl<C: ChainReader> PaymentService<C> {
+    pub fn new(channels: Arc<ChannelSource<C>>, leases: PgLeases, config: Arc<EscrowConfig>) -> Self {
+        Self { channels, leases, config }
+    }
+
+    /// Validates `payment` for a call of `method` and takes the channel's lease (escrow.md §3.4 order).
+    #[tracing::instrument(skip_all, fields(channel = %payment.channel_id, nonce = %payment.nonce))]
+    pub async fn start(&self, payment: Payment, method: &str) -> Result<PaymentTransaction, PaymentError> {
+        let key = payment.key();
+        let lease = match self.leases.acquire(payment.channel_id, &self.config.replica_id, self.config.lease_ttl).await {
+            Ok(Acquisition::Acquired(lease)) => lease,
+            Ok(Acquisition::HeldBy(_)) => return Err(PaymentError::channel_busy(key)),
+            Err(error) => {
+                tracing::error!(%error, "lease acquisition failed");
+                return Err(PaymentError::cannot_get_mutex(key));
+            }
+        };
+        match self.validate(&payment, method).await {
+            Ok((merged, signer, signature)) => Ok(PaymentTransaction { payment, signer, signature, merged, lease }),
+            Err(error) => {
+                self.release(&lease).await;
+                Err(error)
+            }
+        }
+    }
+
+    async fn validate(
+        &self,
+        payment: &Payment,
+        method: &str,
+    ) -> Result<(MergedChannel, EthAddress, Signature), PaymentError> {
+        let current_block = match self.channels.chain().current_block().await {
+            Ok(block) => Some(block),
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the current block");
+                None
+            }
+        };
+        let freshness = match current_block {
+            Some(current_block) => Freshness::ForPayment { amount: payment.amount, current_block },
+            None => Freshness::Fresh,
+        };
+        let merged = self
+            .channels
+            .payment_channel(payment.channel_id, freshness)
+            .await
+            .map_err(PaymentError::channel_error)?
+            .ok_or_else(|| PaymentError::channel_not_found(payment.key()))?;
+        let valid = validate_payment(payment, &merged.channel, current_block, self.config.expiration_threshold)?;
+        let price = self.config.pricing.price(method).map_err(PaymentError::internal)?;
+        validate_income(Income::of(payment.amount, merged.channel.authorized_amount), price)?;
+        Ok((merged, valid.signer, valid.signature))
+    }
+
+    /// Records the payment and releases the lease.
+    #[tracing::instrument(skip_all, fields(channel = %transaction.payment.channel_id, nonce = %transaction.payment.nonce))]
+    pub async fn commit(&self, transaction: PaymentTransaction) -> Result<CommitOutcome, PaymentError> {
+        let PaymentTransaction { payment, signer, signature, merged, lease } = transaction;
+        let mut events: Vec<ChannelEvent> = merged.merge.into_iter().collect();
+        events.push(ChannelEvent::PaymentAccepted { nonce: payment.nonce, amount: payment.amount, signature });
+        let commit = ChannelCommit {
+            channel_id: payment.channel_id,
+            expected_version: merged.version,
+            lease: Some(&lease),
+            events,
+            payment: Some(PaymentIdentity { mpe: payment.mpe, nonce: payment.nonce, amount: payment.amount, signer }),
+        };
+        match self.channels.ledger().commit(commit).await {
+            Ok(outcome) => Ok(outcome),
+            Err(CommitError::LeaseLost { .. } | CommitError::StaleState { .. }) => {
+                self.release(&lease).await;
+                Err(PaymentError::lease_lost(payment.key()))
+            }
+            Err(error @ CommitError::ConflictingPayment { .. }) => {
+                self.release(&lease).await;
+                Err(PaymentError::conflicting_payment(error))
+            }
+            Err(CommitError::Store(error)) => {
+                tracing::error!(%error, "payment commit failed");
+                self.release(&lease).await;
+                Err(PaymentError::cannot_store_channel_state())
+            }
+        }
+    }
+
+    /// Gives the lease back; nothing is recorded.
+    pub async fn rollback(&self, transaction: PaymentTransaction) {
+        self.release(&transaction.lease).await;
+    }
+
+    /// Extends the lease of a long call; `false` when it was already lost.
+    pub async fn renew(&self, transaction: &PaymentTransaction) -> Result<bool, PaymentError> {
+        self.leases.renew(&transaction.lease, self.config.lease_ttl).await.map_err(PaymentError::internal)
+    }
+
+    async fn release(&self, lease: &Lease) {
+        if let Err(error) = self.leases.release(lease).await {
+            // The lease expires by itself; a failed release only delays the next call on the channel.
+            tracing::warn!(%error, channel = %lease.channel_id, "lease release failed");
+        }
+    }
+}
