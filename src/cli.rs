@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::domain::ChannelId;
 use crate::startup::{self, Database, DatabaseSettings};
+use crate::store::leases::PgLeases;
 use crate::store::verify;
 use crate::telemetry::{self, Metrics};
 
@@ -40,6 +42,22 @@ enum Command {
     Verify,
     /// Recreate the projections from the event log.
     Rebuild,
+    /// Inspect or release channel leases (the replacement for `snetd channel --unlock`).
+    Leases {
+        #[command(subcommand)]
+        action: LeaseAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LeaseAction {
+    /// List every lease: channel, holder, acquired, expires, whether expired.
+    List,
+    /// Release a channel's lease whoever holds it; recorded as a `lease released by operator` event.
+    Release {
+        /// The channel id (decimal).
+        channel: ChannelId,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -92,6 +110,35 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("verify: {} difference(s)", differences.len());
                 Ok(ExitCode::from(1))
             }
+        }
+        Command::Leases { action } => {
+            let database = Database::open(&settings).await?;
+            let leases = PgLeases::new(database.pool.clone(), Metrics::new().store);
+            let result = match action {
+                LeaseAction::List => leases.list().await.map(|all| {
+                    if all.is_empty() {
+                        println!("no leases");
+                    }
+                    for lease in all {
+                        let state = if lease.expired { "expired" } else { "held" };
+                        println!(
+                            "channel {}: {state} by {} since {} until {}",
+                            lease.channel_id, lease.holder, lease.acquired_at, lease.expires_at
+                        );
+                    }
+                }),
+                LeaseAction::Release { channel } => {
+                    leases.force_release(channel).await.map(|released| match released {
+                        Some(lease) => {
+                            println!("channel {channel}: released the lease held by {}", lease.holder)
+                        }
+                        None => println!("channel {channel}: no lease to release"),
+                    })
+                }
+            };
+            database.close().await?;
+            result?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Rebuild => {
             let database = Database::open(&settings).await?;

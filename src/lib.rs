@@ -8,12 +8,17 @@
 //!   events, the pure fold from events to state, and the canonical event encoding behind the hash chain.
 //! - [`store`]: the `AtomicStorage` contract with memory and Postgres backends, prefixed and typed
 //!   wrappers, the event-sourced channel store, the serializable-retry helper, verify and rebuild.
+//! - [`chain`]: reading the MPE contract (channels, blocks, claim logs) with alloy.
+//! - [`escrow`]: the seed's services on the log: payment transactions, merged channel state, claims.
 //! - [`http`]: `/healthz` and `/metrics`.
 //! - [`startup`]: the embedded Postgres cluster and the `serve` wiring; [`cli`] and [`telemetry`] are
 //!   the binary's edges.
 
+pub mod chain;
 pub mod cli;
+pub mod config;
 pub mod domain;
+pub mod escrow;
 pub mod http;
 pub mod startup;
 pub mod store;

@@ -98,7 +98,10 @@ pub fn parse_payment_type(metadata: &(impl CallMetadata + ?Sized)) -> Result<Pay
 }
 
 /// The escrow payment headers, checked in the seed's order: id, nonce, amount, signature.
-pub fn parse_payment(metadata: &(impl CallMetadata + ?Sized), mpe: EthAddress) -> Result<Payment, HeaderError> {
+pub fn parse_payment(
+    metadata: &(impl CallMetadata + ?Sized),
+    mpe: EthAddress,
+) -> Result<Payment, HeaderError> {
     let channel_id = ChannelId(number(metadata, CHANNEL_ID)?);
     let nonce = Nonce(number(metadata, CHANNEL_NONCE)?);
     let amount = Amount(number(metadata, CHANNEL_AMOUNT)?);
@@ -115,7 +118,12 @@ mod tests {
     }
 
     fn full() -> Vec<(String, Vec<u8>)> {
-        md(&[(CHANNEL_ID, b"42"), (CHANNEL_NONCE, b"3"), (CHANNEL_AMOUNT, b"12345"), (CHANNEL_SIGNATURE, &[1, 2, 3])])
+        md(&[
+            (CHANNEL_ID, b"42"),
+            (CHANNEL_NONCE, b"3"),
+            (CHANNEL_AMOUNT, b"12345"),
+            (CHANNEL_SIGNATURE, &[1, 2, 3]),
+        ])
     }
 
     fn without(key: &str) -> Vec<(String, Vec<u8>)> {
@@ -162,7 +170,10 @@ mod tests {
             let error = parse_payment(&with(CHANNEL_AMOUNT, bad), EthAddress::default()).unwrap_err();
             assert_eq!(
                 error.0,
-                format!("incorrect format \"snet-payment-channel-amount\": \"{}\"", String::from_utf8_lossy(bad))
+                format!(
+                    "incorrect format \"snet-payment-channel-amount\": \"{}\"",
+                    String::from_utf8_lossy(bad)
+                )
             );
         }
         assert!(parse_payment(&with(CHANNEL_NONCE, b"0"), EthAddress::default()).is_ok());
@@ -178,7 +189,9 @@ mod tests {
     #[test]
     fn payment_type_defaults_to_escrow_and_refuses_unknown_types() {
         assert_eq!(parse_payment_type(&md(&[])).unwrap(), PaymentType::Escrow);
-        for t in [PaymentType::Escrow, PaymentType::FreeCall, PaymentType::PrepaidCall, PaymentType::TrainCall] {
+        for t in
+            [PaymentType::Escrow, PaymentType::FreeCall, PaymentType::PrepaidCall, PaymentType::TrainCall]
+        {
             assert_eq!(parse_payment_type(&md(&[(PAYMENT_TYPE, t.as_str().as_bytes())])).unwrap(), t);
         }
         assert_eq!(

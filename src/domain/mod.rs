@@ -3,8 +3,9 @@
 pub mod channel;
 pub mod event;
 pub mod fold;
-// DETACHED pub mod headers;
-// DETACHED pub mod payment;
+pub mod headers;
+pub mod payment;
+pub mod signature;
 pub mod types;
 
 pub use channel::{ChannelState, OnChainChannel, PaymentChannelData, PaymentChannelKey};

@@ -101,16 +101,24 @@ impl PaymentError {
     pub fn not_enough_tokens(full_amount: Amount, amount: Amount) -> Self {
         Self::new(
             PaymentErrorCode::Unauthenticated,
-            format!("not enough tokens on payment channel, channel amount: {full_amount}, payment amount: {amount}"),
+            format!(
+                "not enough tokens on payment channel, channel amount: {full_amount}, payment amount: {amount}"
+            ),
         )
     }
 
     pub fn income_mismatch(income: Income, price: Amount) -> Self {
-        Self::new(PaymentErrorCode::Unauthenticated, format!("income {income} does not equal to price {price}"))
+        Self::new(
+            PaymentErrorCode::Unauthenticated,
+            format!("income {income} does not equal to price {price}"),
+        )
     }
 
     pub fn channel_busy(key: PaymentChannelKey) -> Self {
-        Self::new(PaymentErrorCode::FailedPrecondition, format!("another transaction on channel: {key} is in progress"))
+        Self::new(
+            PaymentErrorCode::FailedPrecondition,
+            format!("another transaction on channel: {key} is in progress"),
+        )
     }
 
     pub fn cannot_get_mutex(key: PaymentChannelKey) -> Self {
@@ -168,8 +176,10 @@ pub fn validate_payment(
         return Err(PaymentError::incorrect_nonce(channel.nonce, payment.nonce));
     }
     let message = payment_message(&payment.mpe, payment.channel_id, payment.nonce, payment.amount);
-    let signer = recover_signer(&message, &payment.signature).map_err(|_| PaymentError::invalid_signature())?;
-    let signature = Signature::from_slice(&payment.signature).map_err(|_| PaymentError::invalid_signature())?;
+    let signer =
+        recover_signer(&message, &payment.signature).map_err(|_| PaymentError::invalid_signature())?;
+    let signature =
+        Signature::from_slice(&payment.signature).map_err(|_| PaymentError::invalid_signature())?;
     if signer != channel.signer && signer != channel.sender {
         return Err(PaymentError::not_signed_by_signer_or_sender());
     }
@@ -195,7 +205,9 @@ impl Income {
     pub fn of(payment_amount: Amount, authorized_amount: Amount) -> Self {
         match payment_amount.checked_sub(authorized_amount) {
             Some(gain) => Self::Gain(gain),
-            None => Self::Loss(authorized_amount.checked_sub(payment_amount).expect("the other way round fits")),
+            None => {
+                Self::Loss(authorized_amount.checked_sub(payment_amount).expect("the other way round fits"))
+            }
         }
     }
 }
@@ -236,9 +248,10 @@ impl Pricing {
     pub fn price(&self, full_method: &str) -> Result<Amount, PriceNotDefined> {
         match self {
             Self::Fixed(price) => Ok(*price),
-            Self::PerMethod(prices) => {
-                prices.get(full_method).copied().ok_or_else(|| PriceNotDefined { method: full_method.to_owned() })
-            }
+            Self::PerMethod(prices) => prices
+                .get(full_method)
+                .copied()
+                .ok_or_else(|| PriceNotDefined { method: full_method.to_owned() }),
         }
     }
 }

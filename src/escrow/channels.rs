@@ -12,9 +12,10 @@
 //! - Same nonce: the stored state with the chain's value and expiration.
 //!
 //! Chain reads for payments may come from a cache. A cached read is used only when it is younger
-//! than the configured age, the payment's amount does not exceed the cached value, and the cached
-//! expiration is beyond the current block plus the expiration threshold; otherwise the chain is read
-//! again. Between reads the chain can only have raised the value or the expiration (add funds,
+//! than the configured age, the payment's amount does not exceed the cached value, the cached
+//! expiration is beyond the current block plus the expiration threshold, and the ledger's nonce is
+//! not ahead of the cached one (a claim started here may have landed since); otherwise the chain is
+//! read again. Between reads the chain can only have raised the value or the expiration (add funds,
 //! extend): a recipient claim goes through this ledger first, and a sender can only reclaim after
 //! expiration, which the expiration check already refuses. So a cached read never makes the ledger
 //! accept a payment the chain would not honour. Claims and state queries always read the chain.
@@ -53,7 +54,9 @@ pub enum LookupError {
     Storage(#[from] StoreError),
     #[error("{0}")]
     Chain(#[from] ChainError),
-    #[error("channel received belongs to another group of replicas, current group: {ours}, channel group: {theirs}")]
+    #[error(
+        "channel received belongs to another group of replicas, current group: {ours}, channel group: {theirs}"
+    )]
     OtherGroup { ours: GoBytes, theirs: GoBytes },
     #[error("recipient Address from org metadata does not Match on what was retrieved from Channel")]
     OtherRecipient,
@@ -105,7 +108,12 @@ impl<C: ChainReader> ChannelSource<C> {
         &self.ledger
     }
 
-    async fn read_chain(&self, id: ChannelId, freshness: Freshness) -> Result<Option<ChannelRead>, ChainError> {
+    async fn read_chain(
+        &self,
+        id: ChannelId,
+        stored: Option<&ChannelProjection>,
+        freshness: Freshness,
+    ) -> Result<Option<ChannelRead>, ChainError> {
         if let Freshness::ForPayment { amount, current_block } = freshness {
             let cached = self.cache.entries.lock().unwrap_or_else(|p| p.into_inner()).get(&id).cloned();
             if let Some((read, at)) = cached {
@@ -113,6 +121,7 @@ impl<C: ChainReader> ChannelSource<C> {
                 if at.elapsed() < self.config.chain_cache_age
                     && amount <= read.channel.value
                     && horizon < read.channel.expiration.value()
+                    && stored.is_none_or(|stored| stored.channel.nonce <= read.channel.nonce)
                 {
                     return Ok(Some(read));
                 }
@@ -141,13 +150,16 @@ impl<C: ChainReader> ChannelSource<C> {
     }
 
     /// The merged channel, `None` when neither the ledger nor the chain knows it.
-    pub async fn payment_channel(&self, id: ChannelId, freshness: Freshness) -> Result<Option<MergedChannel>, LookupError> {
-        let stored = self.ledger.channel(id).await?;
-        let chain = self.read_chain(id, freshness).await;
-        let (stored, version) = match stored {
+    pub async fn payment_channel(
+        &self,
+        id: ChannelId,
+        freshness: Freshness,
+    ) -> Result<Option<MergedChannel>, LookupError> {
+        let (stored, version) = match self.ledger.channel(id).await? {
             Some((state, version)) => (Some(state), version),
             None => (None, 0),
         };
+        let chain = self.read_chain(id, stored.as_ref(), freshness).await;
         let read = match (chain, &stored) {
             (Ok(Some(read)), _) => {
                 self.check_ours(&read)?;
@@ -166,7 +178,8 @@ impl<C: ChainReader> ChannelSource<C> {
                 }));
             }
         };
-        let merge_event = ChannelEvent::ChannelMergedFromChain { chain: read.channel.clone(), block: Some(read.block) };
+        let merge_event =
+            ChannelEvent::ChannelMergedFromChain { chain: read.channel.clone(), block: Some(read.block) };
         let merged = match &stored {
             None => MergedChannel {
                 channel: PaymentChannelData::from_chain(id, &read.channel),
@@ -179,14 +192,21 @@ impl<C: ChainReader> ChannelSource<C> {
                 let current = &state.channel;
                 let newer = read.channel.nonce > current.nonce
                     || (read.channel.nonce == current.nonce
-                        && (read.channel.value != current.full_amount || read.channel.expiration != current.expiration));
+                        && (read.channel.value != current.full_amount
+                            || read.channel.expiration != current.expiration));
                 if newer {
                     let channel = crate::domain::fold::apply(id, Some(state.clone()), &merge_event)
                         .map_err(|e| LookupError::Storage(e.into()))?
                         .channel;
                     MergedChannel { channel, stored, version, merge: Some(merge_event), chain: Some(read) }
                 } else {
-                    MergedChannel { channel: current.clone(), stored, version, merge: None, chain: Some(read) }
+                    MergedChannel {
+                        channel: current.clone(),
+                        stored,
+                        version,
+                        merge: None,
+                        chain: Some(read),
+                    }
                 }
             }
         };

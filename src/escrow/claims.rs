@@ -10,13 +10,17 @@
 //!   claim of nonce n finishes with the log of nonce n + 1) once the log has the configured number
 //!   of confirmations. Recording it needs no chain state, so it appends no merge event; the next
 //!   write that reads the chain merges its new value.
+//! - A sender's reclaim records what the sender took back: the contract's `ChannelSenderClaim`
+//!   carries the value after the reclaim (0), so the value is read at the block before.
 //! - Unlike the seed (quirk 6), a claim whose channel the chain does not show stops nothing: the
 //!   other claims are still examined.
 
 use std::sync::Arc;
 
 use crate::chain::{ChainReader, ClaimLog};
-use crate::domain::{Amount, ChannelEvent, ChannelId, Claim, ClaimOutcome, PaymentChannelData, PaymentChannelKey};
+use crate::domain::{
+    Amount, ChannelEvent, ChannelId, Claim, ClaimOutcome, PaymentChannelData, PaymentChannelKey,
+};
 use crate::store::StoreError;
 use crate::store::leases::{Acquisition, Lease, PgLeases};
 use crate::store::postgres::ledger::{ChannelCommit, CommitError};
@@ -100,7 +104,8 @@ impl<C: ChainReader> ClaimService<C> {
             (Some(signature), amount) if amount != Amount::ZERO => signature.clone(),
             _ => return Err(ClaimError::NothingToClaim(channel_id)),
         };
-        let claim = Claim { nonce: channel.nonce, amount: channel.authorized_amount, signature, finished: None };
+        let claim =
+            Claim { nonce: channel.nonce, amount: channel.authorized_amount, signature, finished: None };
         let mut events: Vec<ChannelEvent> = merged.merge.clone().into_iter().collect();
         events.push(ChannelEvent::ClaimStarted {
             nonce: claim.nonce,
@@ -161,28 +166,49 @@ impl<C: ChainReader> ClaimService<C> {
         Ok(finished)
     }
 
-    async fn record_finish(&self, channel_id: ChannelId, claim: &Claim, log: &ClaimLog, lease: &Lease) -> Result<(), ClaimError> {
+    async fn record_finish(
+        &self,
+        channel_id: ChannelId,
+        claim: &Claim,
+        log: &ClaimLog,
+        lease: &Lease,
+    ) -> Result<(), ClaimError> {
+        let amount = match log.outcome {
+            ClaimOutcome::ClaimedByRecipient => log.amount,
+            // The contract logs the value after the reclaim (always 0): what the sender took back is
+            // the channel's value in the block before.
+            ClaimOutcome::ReclaimedBySender => self
+                .channels
+                .chain()
+                .channel_at_block(channel_id, log.block_number.saturating_sub(1))
+                .await?
+                .map_or(log.amount, |before| before.channel.value),
+        };
         let version = self.channels.ledger().channel(channel_id).await?.map_or(0, |(_, version)| version);
         let event = ChannelEvent::ClaimFinished {
             nonce: claim.nonce,
             outcome: log.outcome,
             transaction_hash: log.transaction_hash,
             block_number: log.block_number,
-            amount: log.amount,
+            amount,
         };
         self.channels
             .ledger()
-            .commit(ChannelCommit { channel_id, expected_version: version, lease: Some(lease), events: vec![event], payment: None })
+            .commit(ChannelCommit {
+                channel_id,
+                expected_version: version,
+                lease: Some(lease),
+                events: vec![event],
+                payment: None,
+            })
             .await?;
         Ok(())
     }
 }
 
-/// Whether a log ends this claim: the recipient's claim raised the nonce past it, or the sender
-/// took the channel's funds back while it was pending.
+/// Whether a log ends this claim. Both logs carry the nonce after their transaction, so the claim
+/// of nonce n ends with the log of nonce n + 1: the recipient's `ChannelClaim`, or the sender's
+/// `ChannelSenderClaim` when the sender took the funds back after expiry while it was pending.
 fn ends_claim(log: &ClaimLog, claim: &Claim) -> bool {
-    match log.outcome {
-        ClaimOutcome::ClaimedByRecipient => claim.nonce.next() == Some(log.nonce),
-        ClaimOutcome::ReclaimedBySender => log.nonce >= claim.nonce,
-    }
+    claim.nonce.next() == Some(log.nonce)
 }

@@ -68,7 +68,11 @@ impl<C: ChainReader> PaymentService<C> {
     #[tracing::instrument(skip_all, fields(channel = %payment.channel_id, nonce = %payment.nonce))]
     pub async fn start(&self, payment: Payment, method: &str) -> Result<PaymentTransaction, PaymentError> {
         let key = payment.key();
-        let lease = match self.leases.acquire(payment.channel_id, &self.config.replica_id, self.config.lease_ttl).await {
+        let lease = match self
+            .leases
+            .acquire(payment.channel_id, &self.config.replica_id, self.config.lease_ttl)
+            .await
+        {
             Ok(Acquisition::Acquired(lease)) => lease,
             Ok(Acquisition::HeldBy(_)) => return Err(PaymentError::channel_busy(key)),
             Err(error) => {
@@ -77,7 +81,9 @@ impl<C: ChainReader> PaymentService<C> {
             }
         };
         match self.validate(&payment, method).await {
-            Ok((merged, signer, signature)) => Ok(PaymentTransaction { payment, signer, signature, merged, lease }),
+            Ok((merged, signer, signature)) => {
+                Ok(PaymentTransaction { payment, signer, signature, merged, lease })
+            }
             Err(error) => {
                 self.release(&lease).await;
                 Err(error)
@@ -107,7 +113,8 @@ impl<C: ChainReader> PaymentService<C> {
             .await
             .map_err(PaymentError::channel_error)?
             .ok_or_else(|| PaymentError::channel_not_found(payment.key()))?;
-        let valid = validate_payment(payment, &merged.channel, current_block, self.config.expiration_threshold)?;
+        let valid =
+            validate_payment(payment, &merged.channel, current_block, self.config.expiration_threshold)?;
         let price = self.config.pricing.price(method).map_err(PaymentError::internal)?;
         validate_income(Income::of(payment.amount, merged.channel.authorized_amount), price)?;
         Ok((merged, valid.signer, valid.signature))
@@ -118,13 +125,22 @@ impl<C: ChainReader> PaymentService<C> {
     pub async fn commit(&self, transaction: PaymentTransaction) -> Result<CommitOutcome, PaymentError> {
         let PaymentTransaction { payment, signer, signature, merged, lease } = transaction;
         let mut events: Vec<ChannelEvent> = merged.merge.into_iter().collect();
-        events.push(ChannelEvent::PaymentAccepted { nonce: payment.nonce, amount: payment.amount, signature });
+        events.push(ChannelEvent::PaymentAccepted {
+            nonce: payment.nonce,
+            amount: payment.amount,
+            signature,
+        });
         let commit = ChannelCommit {
             channel_id: payment.channel_id,
             expected_version: merged.version,
             lease: Some(&lease),
             events,
-            payment: Some(PaymentIdentity { mpe: payment.mpe, nonce: payment.nonce, amount: payment.amount, signer }),
+            payment: Some(PaymentIdentity {
+                mpe: payment.mpe,
+                nonce: payment.nonce,
+                amount: payment.amount,
+                signer,
+            }),
         };
         match self.channels.ledger().commit(commit).await {
             Ok(outcome) => Ok(outcome),

@@ -54,7 +54,12 @@ impl PgLeases {
     }
 
     /// Takes the channel's lease if it is free or expired.
-    pub async fn acquire(&self, channel_id: ChannelId, holder: &str, ttl: Duration) -> Result<Acquisition, StoreError> {
+    pub async fn acquire(
+        &self,
+        channel_id: ChannelId,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Acquisition, StoreError> {
         let token = Uuid::new_v4();
         let id = channel_id.to_string();
         serializable(&self.pool, &self.metrics, "leases.acquire", |mut tx| {
@@ -76,11 +81,18 @@ impl PgLeases {
                 .fetch_optional(&mut *tx)
                 .await?;
                 if taken.is_some() {
-                    return Ok((tx, Acquisition::Acquired(Lease { channel_id, holder: holder.to_owned(), token })));
+                    return Ok((
+                        tx,
+                        Acquisition::Acquired(Lease { channel_id, holder: holder.to_owned(), token }),
+                    ));
                 }
-                let held = lease_rows(&mut tx, Some(channel_id)).await?.into_iter().next().ok_or_else(|| {
-                    StoreError::CorruptLog { stream: format!("lease/{channel_id}"), reason: "lease vanished".into() }
-                })?;
+                let held =
+                    lease_rows(&mut tx, Some(channel_id)).await?.into_iter().next().ok_or_else(|| {
+                        StoreError::CorruptLog {
+                            stream: format!("lease/{channel_id}"),
+                            reason: "lease vanished".into(),
+                        }
+                    })?;
                 Ok((tx, Acquisition::HeldBy(held)))
             })
         })
@@ -175,7 +187,10 @@ impl PgLeases {
     }
 }
 
-async fn lease_rows(conn: &mut sqlx::PgConnection, only: Option<ChannelId>) -> Result<Vec<LeaseInfo>, StoreError> {
+async fn lease_rows(
+    conn: &mut sqlx::PgConnection,
+    only: Option<ChannelId>,
+) -> Result<Vec<LeaseInfo>, StoreError> {
     let rows = sqlx::query!(
         r#"SELECT channel_id::text AS "channel_id!", holder, acquired_at::text AS "acquired_at!",
                   expires_at::text AS "expires_at!", expires_at <= now() AS "expired!"

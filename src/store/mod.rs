@@ -6,7 +6,7 @@
 
 pub mod atomic;
 pub mod channels;
-// DETACHED pub mod leases;
+pub mod leases;
 pub mod memory;
 pub mod postgres;
 pub mod retry;

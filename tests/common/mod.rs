@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod contract;
+pub mod ganache;
 
 use std::path::PathBuf;
 use std::sync::Arc;

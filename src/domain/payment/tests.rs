@@ -161,10 +161,14 @@ fn an_amount_above_the_channel_value_is_refused() {
 fn income_must_equal_the_price_exactly() {
     assert_eq!(validate_income(Income::of(Amount::from(10), Amount::from(10)), Amount::ZERO), Ok(()));
     let below = validate_income(Income::of(Amount::from(9), Amount::from(10)), Amount::ZERO).unwrap_err();
-    assert_eq!((below.code, below.message.as_str()), (PaymentErrorCode::Unauthenticated, "income -1 does not equal to price 0"));
+    assert_eq!(
+        (below.code, below.message.as_str()),
+        (PaymentErrorCode::Unauthenticated, "income -1 does not equal to price 0")
+    );
     let above = validate_income(Income::of(Amount::from(11), Amount::from(10)), Amount::ZERO).unwrap_err();
     assert_eq!(above.message, "income 1 does not equal to price 0");
-    let replayed = validate_income(Income::of(Amount::from(10), Amount::from(10)), Amount::from(5)).unwrap_err();
+    let replayed =
+        validate_income(Income::of(Amount::from(10), Amount::from(10)), Amount::from(5)).unwrap_err();
     assert_eq!(replayed.message, "income 0 does not equal to price 5");
 }
 
@@ -192,6 +196,9 @@ fn error_codes_map_to_the_seed_grpc_statuses() {
 #[test]
 fn busy_and_missing_channels_use_the_seed_key_text() {
     let key = PaymentChannelKey::new(ChannelId::from(42));
-    assert_eq!(PaymentError::channel_busy(key).message, "another transaction on channel: {ID: 42} is in progress");
+    assert_eq!(
+        PaymentError::channel_busy(key).message,
+        "another transaction on channel: {ID: 42} is in progress"
+    );
     assert_eq!(PaymentError::channel_not_found(key).message, "payment channel \"{ID: 42}\" not found");
 }

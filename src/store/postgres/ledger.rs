@@ -11,7 +11,8 @@ use sqlx::{PgConnection, PgPool};
 use crate::domain::fold::replay;
 use crate::domain::signature::{payment_message, recover_signer};
 use crate::domain::{
-    Amount, ChannelEvent, ChannelId, ChannelProjection, Claim, EthAddress, FoldError, Nonce, PaymentChannelData,
+    Amount, ChannelEvent, ChannelId, ChannelProjection, Claim, EthAddress, FoldError, Nonce,
+    PaymentChannelData,
 };
 use crate::store::StoreError;
 use crate::store::channels::PlannedChange;
@@ -44,7 +45,9 @@ pub struct ChannelCommit<'a> {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CommitOutcome {
-    Recorded { version: u64 },
+    Recorded {
+        version: u64,
+    },
     /// The same payment (channel, nonce, amount, signer) is already in the log: nothing written.
     AlreadyRecorded,
 }
@@ -58,7 +61,13 @@ pub enum CommitError {
     #[error(
         "payment {channel_id}/{nonce} of {amount} is already recorded signed by {recorded_signer}; this one is signed by {signer}"
     )]
-    ConflictingPayment { channel_id: ChannelId, nonce: Nonce, amount: Amount, recorded_signer: EthAddress, signer: EthAddress },
+    ConflictingPayment {
+        channel_id: ChannelId,
+        nonce: Nonce,
+        amount: Amount,
+        recorded_signer: EthAddress,
+        signer: EthAddress,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -91,7 +100,10 @@ impl PgLedger {
     }
 
     /// The channel's projection and stream version.
-    pub async fn channel(&self, channel_id: ChannelId) -> Result<Option<(ChannelProjection, u64)>, StoreError> {
+    pub async fn channel(
+        &self,
+        channel_id: ChannelId,
+    ) -> Result<Option<(ChannelProjection, u64)>, StoreError> {
         let mut conn = self.pool.acquire().await?;
         load_projection(&mut conn, channel_id).await
     }
@@ -137,22 +149,26 @@ impl PgLedger {
     }
 }
 
-async fn commit_in(conn: &mut PgConnection, commit: &ChannelCommit<'_>) -> Result<CommitOutcome, CommitError> {
+async fn commit_in(
+    conn: &mut PgConnection,
+    commit: &ChannelCommit<'_>,
+) -> Result<CommitOutcome, CommitError> {
     let channel_id = commit.channel_id;
     let id = channel_id.to_string();
     if let Some(lease) = commit.lease {
-        let holder = sqlx::query_scalar!("SELECT token FROM ledger.leases WHERE channel_id = $1::text::numeric", id)
-            .fetch_optional(&mut *conn)
-            .await?;
+        let holder =
+            sqlx::query_scalar!("SELECT token FROM ledger.leases WHERE channel_id = $1::text::numeric", id)
+                .fetch_optional(&mut *conn)
+                .await?;
         if holder != Some(lease.token) {
             return Err(CommitError::LeaseLost { channel_id });
         }
     }
-    if let Some(payment) = &commit.payment {
-        if let Some(outcome) = find_recorded_payment(conn, channel_id, payment).await? {
-            release(conn, commit.lease).await?;
-            return Ok(outcome);
-        }
+    if let Some(payment) = &commit.payment
+        && let Some(outcome) = find_recorded_payment(conn, channel_id, payment).await?
+    {
+        release(conn, commit.lease).await?;
+        return Ok(outcome);
     }
     let current = load_projection(conn, channel_id).await?;
     let actual = current.as_ref().map_or(0, |(_, version)| *version);
@@ -165,7 +181,10 @@ async fn commit_in(conn: &mut PgConnection, commit: &ChannelCommit<'_>) -> Resul
     let head = if commit.events.is_empty() {
         None
     } else {
-        Some(commit_change(conn, before.as_ref(), PlannedChange { events: commit.events.clone(), after }).await?)
+        Some(
+            commit_change(conn, before.as_ref(), PlannedChange { events: commit.events.clone(), after })
+                .await?,
+        )
     };
     release(conn, commit.lease).await?;
     Ok(CommitOutcome::Recorded { version: head.map_or(actual, |h| h.version) })

@@ -7,7 +7,7 @@
 
 pub mod channels;
 pub mod kv;
-// DETACHED pub mod ledger;
+pub mod ledger;
 pub mod log;
 
 use std::time::Duration;
@@ -19,7 +19,7 @@ use super::StoreError;
 
 pub use channels::PgChannelStore;
 pub use kv::PgAtomicStorage;
-// DETACHED pub use ledger::PgLedger;
+pub use ledger::PgLedger;
 
 /// The role the service's sessions run as.
 pub const WRITER_ROLE: &str = "mpe_ledger_writer";

@@ -1,0 +1,236 @@
+//! [`ChainReader`] over an Ethereum node's JSON-RPC, with alloy's HTTP provider.
+
+use std::time::Duration;
+
+use alloy::eips::BlockNumberOrTag;
+use alloy::primitives::{Address, B256, Log as PrimitiveLog, U256};
+use alloy::providers::{Provider, RootProvider};
+use alloy::rpc::client::RpcClient;
+use alloy::rpc::types::{Filter, Log, TransactionRequest};
+use alloy::sol_types::{SolCall, SolEvent};
+use alloy::transports::http::reqwest;
+
+use super::mpe::MultiPartyEscrow::{ChannelClaim, ChannelSenderClaim, channelsCall, channelsReturn};
+use super::{ChainError, ChainReader, ChannelRead, ClaimLog};
+use crate::domain::{
+    Amount, BlockNumber, ChainBlock, ChannelId, ClaimOutcome, EthAddress, GroupId, Nonce, OnChainChannel,
+};
+
+/// The longest any one JSON-RPC request may take, connecting included.
+pub const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `eth_getLogs` is asked for at most this many blocks at a time: public nodes refuse wider
+/// ranges, so a longer range is read in windows of this size.
+pub const MAX_LOG_RANGE_BLOCKS: u64 = 10_000;
+
+/// The MPE contract on one Ethereum node, read over plain HTTP JSON-RPC.
+#[derive(Debug, Clone)]
+pub struct EthChain {
+    provider: RootProvider,
+    mpe: EthAddress,
+}
+
+impl EthChain {
+    /// A reader of the MPE at `mpe` through the node at `rpc_url` (`http://…`). Nothing is sent
+    /// yet: an unreachable node shows up as [`ChainError::Rpc`] on the first read.
+    pub fn connect(rpc_url: &str, mpe: EthAddress) -> Result<Self, ChainError> {
+        let invalid = |reason: String| ChainError::InvalidUrl { url: rpc_url.to_owned(), reason };
+        let url = reqwest::Url::parse(rpc_url).map_err(|e| invalid(e.to_string()))?;
+        match url.scheme() {
+            "http" => {}
+            // Only plain HTTP is compiled in (no TLS backend): say so now rather than at the
+            // first read.
+            "https" => return Err(invalid("https is not supported: no TLS backend is built in".into())),
+            other => return Err(invalid(format!("scheme {other:?} is not http"))),
+        }
+        let client = reqwest::Client::builder()
+            .timeout(RPC_TIMEOUT)
+            .connect_timeout(RPC_TIMEOUT)
+            .build()
+            .map_err(|e| ChainError::HttpClient { url: rpc_url.to_owned(), reason: e.to_string() })?;
+        let provider = RootProvider::new(RpcClient::new_http_with_client(client, url));
+        Ok(Self { provider, mpe })
+    }
+
+    /// The MPE contract this reader reads.
+    pub fn mpe(&self) -> EthAddress {
+        self.mpe
+    }
+
+    async fn latest_block(&self) -> Result<ChainBlock, ChainError> {
+        let block = self
+            .provider
+            .get_block_by_number(BlockNumberOrTag::Latest)
+            .await
+            .map_err(ChainError::rpc("eth_getBlockByNumber"))?
+            .ok_or(ChainError::NoLatestBlock)?;
+        Ok(ChainBlock { number: block.header.number, hash: block.header.hash })
+    }
+
+    async fn logs_in(&self, filter: Filter) -> Result<Vec<ClaimLog>, ChainError> {
+        let logs = self.provider.get_logs(&filter).await.map_err(ChainError::rpc("eth_getLogs"))?;
+        logs.iter().map(claim_log).collect()
+    }
+
+    /// `channels(id)` at a given block.
+    async fn channel_at(&self, id: ChannelId, block: ChainBlock) -> Result<Option<ChannelRead>, ChainError> {
+        let call = TransactionRequest::default()
+            .to(self.mpe.0)
+            .input(channelsCall { channelId: id.0 }.abi_encode().into());
+        let output = self
+            .provider
+            .call(call)
+            .block(BlockNumberOrTag::Number(block.number).into())
+            .await
+            .map_err(ChainError::rpc("eth_call channels"))?;
+        let values = channelsCall::abi_decode_returns(&output)
+            .map_err(|e| ChainError::Decode { call: "eth_call channels", reason: e.to_string() })?;
+        if values.sender == Address::ZERO {
+            return Ok(None);
+        }
+        Ok(Some(ChannelRead { channel: on_chain_channel(values), block }))
+    }
+}
+
+impl ChainReader for EthChain {
+    #[tracing::instrument(level = "debug", skip(self), fields(channel = %id))]
+    async fn channel(&self, id: ChannelId) -> Result<Option<ChannelRead>, ChainError> {
+        let block = self.latest_block().await?;
+        self.channel_at(id, block).await
+    }
+
+    async fn channel_at_block(&self, id: ChannelId, number: u64) -> Result<Option<ChannelRead>, ChainError> {
+        let block = self
+            .provider
+            .get_block_by_number(BlockNumberOrTag::Number(number))
+            .await
+            .map_err(ChainError::rpc("eth_getBlockByNumber"))?
+            .ok_or(ChainError::NoLatestBlock)?;
+        self.channel_at(id, ChainBlock { number, hash: block.header.hash }).await
+    }
+
+    async fn current_block(&self) -> Result<u64, ChainError> {
+        self.provider.get_block_number().await.map_err(ChainError::rpc("eth_blockNumber"))
+    }
+
+    async fn chain_id(&self) -> Result<u64, ChainError> {
+        self.provider.get_chain_id().await.map_err(ChainError::rpc("eth_chainId"))
+    }
+
+    #[tracing::instrument(level = "debug", skip(self), fields(channel = %id))]
+    async fn claim_logs(
+        &self,
+        id: ChannelId,
+        from_block: u64,
+        to_block: u64,
+    ) -> Result<Vec<ClaimLog>, ChainError> {
+        let base = Filter::new()
+            .address(self.mpe.0)
+            .event_signature(vec![ChannelClaim::SIGNATURE_HASH, ChannelSenderClaim::SIGNATURE_HASH])
+            .topic1(B256::from(id.0));
+        let mut found = Vec::new();
+        for (start, end) in log_windows(from_block, to_block) {
+            found.extend(self.logs_in(base.clone().from_block(start).to_block(end)).await?);
+        }
+        Ok(found)
+    }
+}
+
+/// `[from, to]` cut into consecutive inclusive windows of at most [`MAX_LOG_RANGE_BLOCKS`] blocks;
+/// none when `from > to`.
+fn log_windows(from: u64, to: u64) -> impl Iterator<Item = (u64, u64)> {
+    let mut next = (from <= to).then_some(from);
+    std::iter::from_fn(move || {
+        let start = next?;
+        let end = to.min(start.saturating_add(MAX_LOG_RANGE_BLOCKS - 1));
+        next = end.checked_add(1).filter(|&n| n <= to);
+        Some((start, end))
+    })
+}
+
+fn on_chain_channel(values: channelsReturn) -> OnChainChannel {
+    OnChainChannel {
+        nonce: Nonce(values.nonce),
+        sender: EthAddress(values.sender),
+        signer: EthAddress(values.signer),
+        recipient: EthAddress(values.recipient),
+        group_id: GroupId(values.groupId.0),
+        value: Amount(values.value),
+        expiration: BlockNumber(values.expiration),
+    }
+}
+
+/// One `ChannelClaim` or `ChannelSenderClaim` log as a [`ClaimLog`]. A log without a transaction
+/// hash or block number is pending, which `eth_getLogs` over mined blocks never returns.
+fn claim_log(log: &Log) -> Result<ClaimLog, ChainError> {
+    let undecodable = |reason: String| ChainError::Decode { call: "eth_getLogs", reason };
+    let transaction_hash =
+        log.transaction_hash.ok_or_else(|| undecodable("log without a transaction hash".into()))?;
+    let block_number = log.block_number.ok_or_else(|| undecodable("log without a block number".into()))?;
+    let claim = |channel_id, outcome, nonce, amount, planned_amount: Option<U256>| ClaimLog {
+        channel_id: ChannelId(channel_id),
+        outcome,
+        nonce: Nonce(nonce),
+        amount: Amount(amount),
+        planned_amount: planned_amount.map(Amount),
+        transaction_hash,
+        block_number,
+    };
+    match log.topic0() {
+        Some(&ChannelClaim::SIGNATURE_HASH) => {
+            let event = decode::<ChannelClaim>(&log.inner).map_err(undecodable)?;
+            Ok(claim(
+                event.channelId,
+                ClaimOutcome::ClaimedByRecipient,
+                event.nonce,
+                event.claimAmount,
+                Some(event.plannedAmount),
+            ))
+        }
+        Some(&ChannelSenderClaim::SIGNATURE_HASH) => {
+            let event = decode::<ChannelSenderClaim>(&log.inner).map_err(undecodable)?;
+            Ok(claim(event.channelId, ClaimOutcome::ReclaimedBySender, event.nonce, event.claimAmount, None))
+        }
+        other => Err(undecodable(format!("unexpected event topic {other:?}"))),
+    }
+}
+
+fn decode<E: SolEvent>(log: &PrimitiveLog) -> Result<E, String> {
+    E::decode_log(log).map(|decoded| decoded.data).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_range_is_read_in_windows_that_cover_it_exactly() {
+        assert_eq!(log_windows(5, 5).collect::<Vec<_>>(), [(5, 5)]);
+        assert_eq!(log_windows(6, 5).count(), 0);
+        assert_eq!(
+            log_windows(0, MAX_LOG_RANGE_BLOCKS - 1).collect::<Vec<_>>(),
+            [(0, MAX_LOG_RANGE_BLOCKS - 1)]
+        );
+        assert_eq!(
+            log_windows(1, 2 * MAX_LOG_RANGE_BLOCKS + 1).collect::<Vec<_>>(),
+            [
+                (1, MAX_LOG_RANGE_BLOCKS),
+                (MAX_LOG_RANGE_BLOCKS + 1, 2 * MAX_LOG_RANGE_BLOCKS),
+                (2 * MAX_LOG_RANGE_BLOCKS + 1, 2 * MAX_LOG_RANGE_BLOCKS + 1),
+            ]
+        );
+        assert_eq!(log_windows(u64::MAX - 1, u64::MAX).collect::<Vec<_>>(), [(u64::MAX - 1, u64::MAX)]);
+    }
+
+    #[test]
+    fn only_plain_http_urls_are_accepted() {
+        let mpe = EthAddress::default();
+        assert!(EthChain::connect("http://127.0.0.1:8545", mpe).is_ok());
+        for url in ["https://mainnet.example/v3/key", "ws://127.0.0.1:8546", "127.0.0.1:8545", "not a url"] {
+            assert!(
+                matches!(EthChain::connect(url, mpe), Err(ChainError::InvalidUrl { .. })),
+                "{url} was accepted"
+            );
+        }
+    }
+}

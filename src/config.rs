@@ -1,0 +1,359 @@
+//! The service's settings: a TOML file (`--config FILE`) overlaid by `MPE_LEDGER_<KEY>` environment
+//! variables, validated once at start-up. An invalid setting stops start-up with one line naming it.
+//!
+//! Keys (file key → environment variable `MPE_LEDGER_` + the key in upper case):
+//!
+//! | key | meaning | default |
+//! |---|---|---|
+//! | `listen` | the public port: gRPC (escrow services, paid calls) and HTTP `/healthz`, `/metrics` | `127.0.0.1:7000` |
+//! | `ethereum_rpc_url` | JSON-RPC of the chain holding the MPE | none: paid calls refused |
+//! | `mpe_address` | the MultiPartyEscrow contract | required with the chain |
+//! | `group_id` | this replica group's id, base64 (as in org metadata) or 0x-hex, 32 bytes | required with the chain |
+//! | `payment_address` | the provider's address: recipient of channels, signer of control calls | required with the chain |
+//! | `payment_expiration_threshold` | blocks before expiration from which payments are refused | `40320` |
+//! | `price` | one price in cogs for every method (decimal) | required unless `prices` |
+//! | `prices` | table: full gRPC method name → price (file only) | |
+//! | `upstream` | the AI service calls are forwarded to, e.g. `http://127.0.0.1:50051` | required with the chain |
+//! | `replica_id` | lease holder name of this replica | host name and process id |
+//! | `lease_ttl_seconds` | lease lifetime without renewal | `30` |
+//! | `confirmations` | blocks before a claim seen on chain is recorded | `12` |
+//! | `max_message_bytes` | largest gRPC message accepted (RESOURCE_EXHAUSTED above) | `4194304` |
+//!
+//! With none of the chain settings the ledger runs (storage, health, metrics) and refuses paid calls
+//! (design.md §8); with some but not all of them, start-up fails naming the first missing one.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use base64::Engine;
+use serde::Deserialize;
+
+use crate::domain::payment::Pricing;
+use crate::domain::{Amount, EthAddress, GroupId};
+
+/// One setting that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid setting {key}: {reason}")]
+pub struct ConfigError {
+    pub key: String,
+    pub reason: String,
+}
+
+fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError { key: key.to_owned(), reason: reason.into() }
+}
+
+/// Settings as written, before validation.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSettings {
+    pub listen: Option<String>,
+    pub ethereum_rpc_url: Option<String>,
+    pub mpe_address: Option<String>,
+    pub group_id: Option<String>,
+    pub payment_address: Option<String>,
+    pub payment_expiration_threshold: Option<toml::Value>,
+    pub price: Option<toml::Value>,
+    pub prices: Option<BTreeMap<String, toml::Value>>,
+    pub upstream: Option<String>,
+    pub replica_id: Option<String>,
+    pub lease_ttl_seconds: Option<toml::Value>,
+    pub confirmations: Option<toml::Value>,
+    pub max_message_bytes: Option<toml::Value>,
+}
+
+/// Everything about the chain and the paid calls; all or nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainSettings {
+    pub rpc_url: String,
+    pub mpe_address: EthAddress,
+    pub group_id: GroupId,
+    pub payment_address: EthAddress,
+    pub expiration_threshold: u64,
+    pub pricing: Pricing,
+    pub upstream: String,
+}
+
+/// Validated settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub chain: Option<ChainSettings>,
+    pub replica_id: String,
+    pub lease_ttl: Duration,
+    pub confirmations: u64,
+    pub max_message_bytes: usize,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7000";
+pub const DEFAULT_EXPIRATION_THRESHOLD: u64 = 40320;
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+impl RawSettings {
+    /// Reads a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| invalid("--config", format!("{}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| invalid("--config", format!("{}: {}", path.display(), e.message())))
+    }
+
+    /// Overlays `MPE_LEDGER_<KEY>` variables from `env` (a lookup, so tests need not touch the process).
+    pub fn with_env(mut self, env: impl Fn(&str) -> Option<String>) -> Self {
+        let var = |key: &str| env(&format!("MPE_LEDGER_{}", key.to_uppercase()));
+        let text = |key: &str, slot: &mut Option<String>| {
+            if let Some(value) = var(key) {
+                *slot = Some(value);
+            }
+        };
+        let number = |key: &str, slot: &mut Option<toml::Value>| {
+            if let Some(value) = var(key) {
+                *slot = Some(toml::Value::String(value));
+            }
+        };
+        text("listen", &mut self.listen);
+        text("ethereum_rpc_url", &mut self.ethereum_rpc_url);
+        text("mpe_address", &mut self.mpe_address);
+        text("group_id", &mut self.group_id);
+        text("payment_address", &mut self.payment_address);
+        number("payment_expiration_threshold", &mut self.payment_expiration_threshold);
+        number("price", &mut self.price);
+        text("upstream", &mut self.upstream);
+        text("replica_id", &mut self.replica_id);
+        number("lease_ttl_seconds", &mut self.lease_ttl_seconds);
+        number("confirmations", &mut self.confirmations);
+        number("max_message_bytes", &mut self.max_message_bytes);
+        self
+    }
+
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let listen = self.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+        let listen =
+            listen.parse().map_err(|_| invalid("listen", format!("{listen:?} is not an address:port")))?;
+        let chain_keys = [
+            ("ethereum_rpc_url", self.ethereum_rpc_url.is_some()),
+            ("mpe_address", self.mpe_address.is_some()),
+            ("group_id", self.group_id.is_some()),
+            ("payment_address", self.payment_address.is_some()),
+            ("price", self.price.is_some() || self.prices.is_some()),
+            ("upstream", self.upstream.is_some()),
+        ];
+        let chain = if chain_keys.iter().all(|(_, given)| !given) {
+            None
+        } else {
+            if let Some((missing, _)) = chain_keys.iter().find(|(_, given)| !given) {
+                return Err(invalid(missing, "missing (the chain settings are all required together)"));
+            }
+            Some(self.chain_settings()?)
+        };
+        let replica_id = match self.replica_id {
+            Some(id) if id.trim().is_empty() => return Err(invalid("replica_id", "empty")),
+            Some(id) => id,
+            None => default_replica_id(),
+        };
+        let lease_ttl = u64_setting("lease_ttl_seconds", self.lease_ttl_seconds.as_ref())?.unwrap_or(30);
+        if lease_ttl == 0 {
+            return Err(invalid("lease_ttl_seconds", "must be at least 1"));
+        }
+        let max_message_bytes = u64_setting("max_message_bytes", self.max_message_bytes.as_ref())?
+            .map_or(Ok(DEFAULT_MAX_MESSAGE_BYTES), usize::try_from)
+            .map_err(|_| invalid("max_message_bytes", "too large"))?;
+        Ok(Config {
+            listen,
+            chain,
+            replica_id,
+            lease_ttl: Duration::from_secs(lease_ttl),
+            confirmations: u64_setting("confirmations", self.confirmations.as_ref())?.unwrap_or(12),
+            max_message_bytes,
+        })
+    }
+
+    fn chain_settings(&self) -> Result<ChainSettings, ConfigError> {
+        let rpc_url = self.ethereum_rpc_url.clone().unwrap_or_default();
+        if !(rpc_url.starts_with("http://") || rpc_url.starts_with("https://")) {
+            return Err(invalid("ethereum_rpc_url", format!("{rpc_url:?} is not an http(s) URL")));
+        }
+        let upstream = self.upstream.clone().unwrap_or_default();
+        if !(upstream.starts_with("http://") || upstream.starts_with("https://")) {
+            return Err(invalid("upstream", format!("{upstream:?} is not an http(s) URL")));
+        }
+        let pricing = match (&self.price, &self.prices) {
+            (Some(_), Some(_)) => return Err(invalid("price", "give either price or prices, not both")),
+            (Some(price), None) => Pricing::Fixed(amount_setting("price", price)?),
+            (None, Some(prices)) => {
+                let mut table = BTreeMap::new();
+                for (method, price) in prices {
+                    if !method.starts_with('/') || method.matches('/').count() != 2 {
+                        return Err(invalid(
+                            "prices",
+                            format!("{method:?} is not a full method name like /package.Service/Method"),
+                        ));
+                    }
+                    table.insert(method.clone(), amount_setting("prices", price)?);
+                }
+                Pricing::PerMethod(table)
+            }
+            (None, None) => unreachable!("checked by the caller"),
+        };
+        Ok(ChainSettings {
+            rpc_url,
+            mpe_address: address_setting("mpe_address", self.mpe_address.as_deref())?,
+            group_id: group_id_setting(self.group_id.as_deref().unwrap_or_default())?,
+            payment_address: address_setting("payment_address", self.payment_address.as_deref())?,
+            expiration_threshold: u64_setting(
+                "payment_expiration_threshold",
+                self.payment_expiration_threshold.as_ref(),
+            )?
+            .unwrap_or(DEFAULT_EXPIRATION_THRESHOLD),
+            pricing,
+            upstream,
+        })
+    }
+}
+
+fn address_setting(key: &str, value: Option<&str>) -> Result<EthAddress, ConfigError> {
+    let value = value.unwrap_or_default();
+    value.parse().map_err(|_| invalid(key, format!("{value:?} is not a 20-byte hex address")))
+}
+
+/// A group id as org metadata writes it (base64) or as 0x-hex.
+pub fn group_id_setting(value: &str) -> Result<GroupId, ConfigError> {
+    let bytes = match value.strip_prefix("0x") {
+        Some(digits) => {
+            hex::decode(digits).map_err(|_| invalid("group_id", format!("{value:?} is not hex")))?
+        }
+        None => base64::engine::general_purpose::STANDARD
+            .decode(value)
+            .map_err(|_| invalid("group_id", format!("{value:?} is neither base64 nor 0x-hex")))?,
+    };
+    GroupId::from_slice(&bytes)
+        .map_err(|_| invalid("group_id", format!("{} bytes, expected 32", bytes.len())))
+}
+
+fn amount_setting(key: &str, value: &toml::Value) -> Result<Amount, ConfigError> {
+    let text = match value {
+        toml::Value::String(text) => text.clone(),
+        toml::Value::Integer(n) if *n >= 0 => n.to_string(),
+        other => return Err(invalid(key, format!("{other:?} is not a non-negative whole number of cogs"))),
+    };
+    text.parse().map_err(|e| invalid(key, format!("{text:?}: {e}")))
+}
+
+fn u64_setting(key: &str, value: Option<&toml::Value>) -> Result<Option<u64>, ConfigError> {
+    let Some(value) = value else { return Ok(None) };
+    let text = match value {
+        toml::Value::String(text) => text.clone(),
+        toml::Value::Integer(n) => n.to_string(),
+        other => return Err(invalid(key, format!("{other:?} is not a whole number"))),
+    };
+    text.parse().map(Some).map_err(|_| invalid(key, format!("{text:?} is not a non-negative whole number")))
+}
+
+fn default_replica_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+    let host = if host.is_empty() { "replica".to_owned() } else { host };
+    format!("{host}-{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MPE: &str = "0x5b1869D9A4C187F2EAa108f3062412ecf0526b24";
+    const PAYEE: &str = "0x22d491Bde2303f2f43325b2108D26f1eAbA1e32b";
+
+    fn full() -> RawSettings {
+        toml::from_str(&format!(
+            r#"
+            ethereum_rpc_url = "http://127.0.0.1:8545"
+            mpe_address = "{MPE}"
+            group_id = "ewAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+            payment_address = "{PAYEE}"
+            price = 10
+            upstream = "http://127.0.0.1:50051"
+            "#
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn no_settings_run_without_a_chain() {
+        let config = RawSettings::default().validate().unwrap();
+        assert_eq!(config.chain, None);
+        assert_eq!(config.listen, DEFAULT_LISTEN.parse().unwrap());
+        assert_eq!(config.max_message_bytes, DEFAULT_MAX_MESSAGE_BYTES);
+    }
+
+    #[test]
+    fn a_full_file_validates() {
+        let chain = full().validate().unwrap().chain.unwrap();
+        assert_eq!(chain.pricing, Pricing::Fixed(Amount::from(10)));
+        assert_eq!(chain.group_id.0[0], 123);
+        assert_eq!(chain.expiration_threshold, DEFAULT_EXPIRATION_THRESHOLD);
+        assert_eq!(chain.mpe_address.to_string(), MPE);
+    }
+
+    #[test]
+    fn environment_variables_override_the_file() {
+        let env = |key: &str| match key {
+            "MPE_LEDGER_PRICE" => Some("25".to_owned()),
+            "MPE_LEDGER_LISTEN" => Some("127.0.0.1:9999".to_owned()),
+            _ => None,
+        };
+        let config = full().with_env(env).validate().unwrap();
+        assert_eq!(config.chain.unwrap().pricing, Pricing::Fixed(Amount::from(25)));
+        assert_eq!(config.listen.port(), 9999);
+    }
+
+    #[test]
+    fn a_partial_chain_configuration_names_the_missing_setting() {
+        let partial = RawSettings { upstream: None, ..full() };
+        assert_eq!(
+            partial.validate().unwrap_err().to_string(),
+            "invalid setting upstream: missing (the chain settings are all required together)"
+        );
+    }
+
+    #[test]
+    fn each_bad_value_names_its_setting() {
+        let cases: Vec<(RawSettings, &str)> = vec![
+            (RawSettings { mpe_address: Some("0x12".into()), ..full() }, "mpe_address"),
+            (RawSettings { payment_address: Some("nope".into()), ..full() }, "payment_address"),
+            (RawSettings { group_id: Some("AAAA".into()), ..full() }, "group_id"),
+            (RawSettings { price: Some(toml::Value::Integer(-1)), ..full() }, "price"),
+            (RawSettings { price: Some(toml::Value::String("042".into())), ..full() }, "price"),
+            (RawSettings { ethereum_rpc_url: Some("localhost:8545".into()), ..full() }, "ethereum_rpc_url"),
+            (RawSettings { listen: Some("7000".into()), ..full() }, "listen"),
+            (RawSettings { lease_ttl_seconds: Some(toml::Value::Integer(0)), ..full() }, "lease_ttl_seconds"),
+        ];
+        for (raw, key) in cases {
+            let error = raw.validate().unwrap_err();
+            assert_eq!(error.key, key, "{error}");
+        }
+    }
+
+    #[test]
+    fn per_method_prices_need_full_method_names() {
+        let mut raw = RawSettings { price: None, ..full() };
+        raw.prices = Some([("/example.Calculator/add".to_owned(), toml::Value::Integer(7))].into());
+        let chain = raw.clone().validate().unwrap().chain.unwrap();
+        assert_eq!(chain.pricing.price("/example.Calculator/add"), Ok(Amount::from(7)));
+        raw.prices = Some([("add".to_owned(), toml::Value::Integer(7))].into());
+        assert_eq!(raw.validate().unwrap_err().key, "prices");
+    }
+
+    #[test]
+    fn group_ids_are_accepted_as_base64_or_hex() {
+        let hex = format!("0x{}", "7b".to_owned() + &"00".repeat(31));
+        assert_eq!(
+            group_id_setting(&hex).unwrap(),
+            group_id_setting("ewAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=").unwrap()
+        );
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_refused() {
+        assert!(toml::from_str::<RawSettings>("prise = 10").is_err());
+    }
+}
