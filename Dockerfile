@@ -7,6 +7,6 @@ RUN cargo build --locked --release --bin mpe-ledger
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/mpe-ledger /usr/local/bin/mpe-ledger
-EXPOSE 7070
+EXPOSE 7000
 ENTRYPOINT ["mpe-ledger"]
-CMD ["serve", "--http-listen", "0.0.0.0:7070"]
+CMD ["serve", "--listen", "0.0.0.0:7000"]

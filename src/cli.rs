@@ -1,11 +1,11 @@
 //! The command line: `serve`, `migrate`, `verify`, `rebuild`.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::config::RawSettings;
 use crate::domain::ChannelId;
 use crate::startup::{self, Database, DatabaseSettings};
 use crate::store::leases::PgLeases;
@@ -30,11 +30,14 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the service: HTTP /healthz and /metrics.
+    /// Run the service: gRPC (escrow services and paid calls) and HTTP /healthz, /metrics on one port.
     Serve {
-        /// Address of the HTTP listener.
-        #[arg(long, env = "MPE_LEDGER_HTTP_LISTEN", default_value = "127.0.0.1:7070")]
-        http_listen: SocketAddr,
+        /// Settings file (TOML); `MPE_LEDGER_<KEY>` variables override it (see `config` module doc).
+        #[arg(long, env = "MPE_LEDGER_CONFIG")]
+        config: Option<PathBuf>,
+        /// The public address, overriding the `listen` setting.
+        #[arg(long)]
+        listen: Option<String>,
     },
     /// Apply the migrations and exit.
     Migrate,
@@ -86,8 +89,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         data_dir: cli.data_dir,
     };
     match cli.command {
-        Command::Serve { http_listen } => {
-            startup::serve(&settings, http_listen).await?;
+        Command::Serve { config, listen } => {
+            let raw = match &config {
+                Some(path) => RawSettings::from_file(path)?,
+                None => RawSettings::default(),
+            };
+            let mut raw = raw.with_env(|key| std::env::var(key).ok());
+            if listen.is_some() {
+                raw.listen = listen;
+            }
+            let config = raw.validate()?;
+            startup::serve(&settings, config).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate => {

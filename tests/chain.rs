@@ -4,6 +4,7 @@
 
 mod common;
 
+use alloy::primitives::U256;
 use alloy::sol_types::{SolCall, SolEvent};
 use common::ganache::{Account, CHAIN_ID, Ganache, Mpe, contract_abi};
 use mpe_ledger::chain::mpe::MultiPartyEscrow;
@@ -75,7 +76,7 @@ async fn an_opened_channel_reads_back_with_all_seven_fields_at_the_block_it_name
     assert_eq!(read.block.number, latest);
     assert_eq!((read.block.number, read.block.hash), ganache.block(latest).await);
     assert_eq!(world.chain.current_block().await.unwrap(), latest);
-    assert_eq!(world.mpe.balance(&world.sender).await, alloy::primitives::U256::from(9_000));
+    assert_eq!(world.mpe.balance(&world.sender).await, U256::from(9_000));
 }
 
 #[tokio::test]
@@ -84,10 +85,7 @@ async fn a_channel_that_was_never_opened_reads_as_none() {
     let world = World::new(&ganache).await;
     let opened = world.open(1_000, ganache.block_number().await + 100).await;
 
-    assert_eq!(
-        world.chain.channel(ChannelId(opened.0 + alloy::primitives::U256::from(1))).await.unwrap(),
-        None
-    );
+    assert_eq!(world.chain.channel(ChannelId(opened.0 + U256::from(1))).await.unwrap(), None);
     assert_eq!(world.chain.channel(ChannelId::from(999)).await.unwrap(), None);
     assert!(world.chain.channel(opened).await.unwrap().is_some());
 }
@@ -156,22 +154,50 @@ async fn a_sender_reclaim_after_expiry_is_a_reclaimed_by_sender_log() {
     ganache.mine(10).await;
     assert!(ganache.block_number().await > expiration);
 
+    let balance_before = world.mpe.balance(&world.sender).await;
     let tx = world.mpe.claim_timeout(&world.sender, id).await;
     let block = world.mpe.block_of(tx).await;
 
+    assert_eq!(world.mpe.balance(&world.sender).await, balance_before + U256::from(1_000));
     let after = world.read(id).await;
-    let logs = world.chain.claim_logs(id, 0, world.chain.current_block().await.unwrap()).await.unwrap();
-    assert_eq!(logs.len(), 1);
-    assert_eq!(logs[0].outcome, ClaimOutcome::ReclaimedBySender);
-    // The contract logs the value after the reclaim, which is always 0; the value the sender took
-    // back is the one at the block before.
-    assert_eq!(logs[0].amount, Amount::ZERO);
-    let previous = world.chain.channel_at_block(id, block - 1).await.unwrap().unwrap();
-    assert_eq!(previous.channel.value, Amount::from(1_000));
-    assert_eq!((after.nonce, after.value), (before.nonce.next().unwrap(), Amount::ZERO));
-    assert_eq!(logs[0].planned_amount, None);
-    assert_eq!(logs[0].transaction_hash, tx);
-    assert_eq!(logs[0].block_number, block);
+    assert_eq!(
+        after,
+        OnChainChannel {
+            nonce: Nonce::from(1),
+            value: Amount::ZERO,
+            expiration: BlockNumber::ZERO,
+            ..before
+        }
+    );
+    let latest = world.chain.current_block().await.unwrap();
+    assert_eq!(
+        world.chain.claim_logs(id, 0, latest).await.unwrap(),
+        vec![ClaimLog {
+            channel_id: id,
+            outcome: ClaimOutcome::ReclaimedBySender,
+            // The new nonce, as in ChannelClaim.
+            nonce: Nonce::from(1),
+            // The contract logs the value after zeroing it: 0, although 1000 went back.
+            amount: Amount::ZERO,
+            planned_amount: None,
+            transaction_hash: tx,
+            block_number: block,
+        }]
+    );
+    // What went back is the value just before the reclaim's block.
+    let just_before = world.chain.channel_at_block(id, block - 1).await.unwrap().unwrap();
+    assert_eq!(just_before.channel.value, Amount::from(1_000));
+    assert_eq!((just_before.block.number, just_before.block.hash), ganache.block(block - 1).await);
+}
+
+#[tokio::test]
+async fn a_block_beyond_the_head_is_named_as_missing() {
+    let ganache = Ganache::start().await;
+    let world = World::new(&ganache).await;
+    let beyond = ganache.block_number().await + 10;
+
+    let error = world.chain.channel_at_block(ChannelId::ZERO, beyond).await.unwrap_err();
+    assert!(matches!(&error, ChainError::NoBlock { block } if *block == beyond.to_string()), "{error:?}");
 }
 
 #[tokio::test]

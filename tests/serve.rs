@@ -22,7 +22,7 @@ fn free_port() -> u16 {
 
 fn start_serve(data_dir: &Path, port: u16) -> Child {
     Command::new(env!("CARGO_BIN_EXE_mpe-ledger"))
-        .args(["serve", "--http-listen", &format!("127.0.0.1:{port}")])
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .arg("--data-dir")
         .arg(data_dir)
         .env_remove("DATABASE_URL")

@@ -57,13 +57,19 @@ impl EthChain {
         self.mpe
     }
 
-    async fn latest_block(&self) -> Result<ChainBlock, ChainError> {
+    /// The number and hash of one block (`latest`, or a number).
+    async fn block(&self, which: BlockNumberOrTag) -> Result<ChainBlock, ChainError> {
         let block = self
             .provider
-            .get_block_by_number(BlockNumberOrTag::Latest)
+            .get_block_by_number(which)
             .await
             .map_err(ChainError::rpc("eth_getBlockByNumber"))?
-            .ok_or(ChainError::NoLatestBlock)?;
+            .ok_or_else(|| ChainError::NoBlock {
+                block: match which {
+                    BlockNumberOrTag::Number(number) => number.to_string(),
+                    tag => tag.to_string(),
+                },
+            })?;
         Ok(ChainBlock { number: block.header.number, hash: block.header.hash })
     }
 
@@ -95,18 +101,14 @@ impl EthChain {
 impl ChainReader for EthChain {
     #[tracing::instrument(level = "debug", skip(self), fields(channel = %id))]
     async fn channel(&self, id: ChannelId) -> Result<Option<ChannelRead>, ChainError> {
-        let block = self.latest_block().await?;
+        let block = self.block(BlockNumberOrTag::Latest).await?;
         self.channel_at(id, block).await
     }
 
+    #[tracing::instrument(level = "debug", skip(self), fields(channel = %id))]
     async fn channel_at_block(&self, id: ChannelId, number: u64) -> Result<Option<ChannelRead>, ChainError> {
-        let block = self
-            .provider
-            .get_block_by_number(BlockNumberOrTag::Number(number))
-            .await
-            .map_err(ChainError::rpc("eth_getBlockByNumber"))?
-            .ok_or(ChainError::NoLatestBlock)?;
-        self.channel_at(id, ChainBlock { number, hash: block.header.hash }).await
+        let block = self.block(BlockNumberOrTag::Number(number)).await?;
+        self.channel_at(id, block).await
     }
 
     async fn current_block(&self) -> Result<u64, ChainError> {

@@ -38,8 +38,9 @@ pub enum ChainError {
     /// The node answered, but not with what the contract's interface says.
     #[error("{call} returned data that cannot be decoded: {reason}")]
     Decode { call: &'static str, reason: String },
-    #[error("the node has no latest block")]
-    NoLatestBlock,
+    /// The node does not know the block: `latest`, or a decimal number beyond its head.
+    #[error("the node has no block {block}")]
+    NoBlock { block: String },
 }
 
 impl ChainError {
@@ -60,15 +61,19 @@ pub struct ChannelRead {
 pub struct ClaimLog {
     pub channel_id: ChannelId,
     pub outcome: ClaimOutcome,
-    /// The `nonce` field exactly as the log carries it, which is the channel's nonce **after** the
-    /// transaction in both events:
-    /// - `ChannelClaim` (recipient): the new nonce, one above the nonce the claimed payment was
-    ///   signed at (a claim of a payment signed at nonce 0 logs 1).
-    /// - `ChannelSenderClaim` (sender's reclaim after expiry): also the new nonce, one above the
-    ///   channel's nonce before the reclaim (observed on ganache: nonce 0 before, the log says 1,
-    ///   and `channels(id)` then reads nonce 1 with value 0).
+    /// The `nonce` field exactly as the log carries it. In both events that is the channel's nonce
+    /// **after** the transaction (observed on ganache with the `snet-contracts` 1.0.1 bytecode):
+    /// - `ChannelClaim` (recipient): one above the nonce the claimed payment was signed at (a claim
+    ///   of a payment signed at nonce 0 logs 1).
+    /// - `ChannelSenderClaim` (sender's reclaim after expiry): one above the channel's nonce before
+    ///   the reclaim (nonce 0 before, the log says 1, and `channels(id)` then reads nonce 1).
     pub nonce: Nonce,
-    /// `claimAmount`: what actually moved (to the recipient, or back to the sender).
+    /// `claimAmount` exactly as the log carries it.
+    /// - `ChannelClaim`: what the recipient actually received (`actualAmount`, at most planned).
+    /// - `ChannelSenderClaim`: **always 0**. The contract logs the channel's value after it has
+    ///   already set it to 0 (observed: a channel of 1000 reclaimed, the sender's MPE balance back up
+    ///   by 1000, the log says 0). What the sender took back is the channel's value before the
+    ///   reclaim: [`ChainReader::channel_at_block`] at `block_number - 1`, or the state known before.
     pub amount: Amount,
     /// `plannedAmount` of a `ChannelClaim`: the signed amount, of which `amount` was claimed.
     /// `None` for a `ChannelSenderClaim`, which has no signed payment.

@@ -33,6 +33,7 @@ use crate::store::StoreError;
 use crate::store::postgres::PgLedger;
 
 use super::EscrowConfig;
+use super::metrics::EscrowMetrics;
 
 /// The merged view and what a write must record about it.
 #[derive(Debug, Clone)]
@@ -93,11 +94,22 @@ pub struct ChannelSource<C> {
     chain: C,
     config: Arc<EscrowConfig>,
     cache: ChainCache,
+    metrics: EscrowMetrics,
 }
 
 impl<C: ChainReader> ChannelSource<C> {
     pub fn new(ledger: PgLedger, chain: C, config: Arc<EscrowConfig>) -> Self {
-        Self { ledger, chain, config, cache: ChainCache::default() }
+        Self { ledger, chain, config, cache: ChainCache::default(), metrics: EscrowMetrics::unregistered() }
+    }
+
+    /// Counts chain reads, cache hits and failures in `metrics`.
+    pub fn with_metrics(mut self, metrics: EscrowMetrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    pub fn metrics(&self) -> &EscrowMetrics {
+        &self.metrics
     }
 
     pub fn chain(&self) -> &C {
@@ -123,11 +135,13 @@ impl<C: ChainReader> ChannelSource<C> {
                     && horizon < read.channel.expiration.value()
                     && stored.is_none_or(|stored| stored.channel.nonce <= read.channel.nonce)
                 {
+                    self.metrics.chain_cache_hits.inc();
                     return Ok(Some(read));
                 }
             }
         }
-        let read = self.chain.channel(id).await?;
+        self.metrics.chain_reads.inc();
+        let read = self.chain.channel(id).await.inspect_err(|_| self.metrics.chain_read_failures.inc())?;
         let mut entries = self.cache.entries.lock().unwrap_or_else(|p| p.into_inner());
         match &read {
             Some(read) => entries.insert(id, (read.clone(), Instant::now())),

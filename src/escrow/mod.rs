@@ -8,6 +8,7 @@
 
 pub mod channels;
 pub mod claims;
+pub mod metrics;
 pub mod payments;
 
 use std::time::Duration;

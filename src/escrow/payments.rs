@@ -74,10 +74,13 @@ impl<C: ChainReader> PaymentService<C> {
             .await
         {
             Ok(Acquisition::Acquired(lease)) => lease,
-            Ok(Acquisition::HeldBy(_)) => return Err(PaymentError::channel_busy(key)),
+            Ok(Acquisition::HeldBy(_)) => {
+                self.channels.metrics().lease_conflicts.inc();
+                return Err(self.refused(PaymentError::channel_busy(key)));
+            }
             Err(error) => {
                 tracing::error!(%error, "lease acquisition failed");
-                return Err(PaymentError::cannot_get_mutex(key));
+                return Err(self.refused(PaymentError::cannot_get_mutex(key)));
             }
         };
         match self.validate(&payment, method).await {
@@ -86,9 +89,16 @@ impl<C: ChainReader> PaymentService<C> {
             }
             Err(error) => {
                 self.release(&lease).await;
-                Err(error)
+                Err(self.refused(error))
             }
         }
+    }
+
+    fn refused(&self, error: PaymentError) -> PaymentError {
+        let metrics = self.channels.metrics();
+        metrics.payments.with_label_values(&["refused"]).inc();
+        metrics.payment_errors.with_label_values(&[&error.code.grpc_status().to_string()]).inc();
+        error
     }
 
     async fn validate(
@@ -142,19 +152,35 @@ impl<C: ChainReader> PaymentService<C> {
                 signer,
             }),
         };
+        let outcome = self.commit_events(commit, &lease, payment.key()).await;
+        let label = match &outcome {
+            Ok(CommitOutcome::Recorded { .. }) => "committed",
+            Ok(CommitOutcome::AlreadyRecorded) => "duplicate",
+            Err(_) => "commit_failed",
+        };
+        self.channels.metrics().payments.with_label_values(&[label]).inc();
+        outcome
+    }
+
+    async fn commit_events(
+        &self,
+        commit: ChannelCommit<'_>,
+        lease: &Lease,
+        key: crate::domain::PaymentChannelKey,
+    ) -> Result<CommitOutcome, PaymentError> {
         match self.channels.ledger().commit(commit).await {
             Ok(outcome) => Ok(outcome),
             Err(CommitError::LeaseLost { .. } | CommitError::StaleState { .. }) => {
-                self.release(&lease).await;
-                Err(PaymentError::lease_lost(payment.key()))
+                self.release(lease).await;
+                Err(PaymentError::lease_lost(key))
             }
             Err(error @ CommitError::ConflictingPayment { .. }) => {
-                self.release(&lease).await;
+                self.release(lease).await;
                 Err(PaymentError::conflicting_payment(error))
             }
             Err(CommitError::Store(error)) => {
                 tracing::error!(%error, "payment commit failed");
-                self.release(&lease).await;
+                self.release(lease).await;
                 Err(PaymentError::cannot_store_channel_state())
             }
         }
@@ -162,6 +188,7 @@ impl<C: ChainReader> PaymentService<C> {
 
     /// Gives the lease back; nothing is recorded.
     pub async fn rollback(&self, transaction: PaymentTransaction) {
+        self.channels.metrics().payments.with_label_values(&["rolled_back"]).inc();
         self.release(&transaction.lease).await;
     }
 

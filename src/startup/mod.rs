@@ -5,14 +5,22 @@
 
 pub mod cluster;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use sqlx::PgPool;
 
+use crate::chain::EthChain;
+use crate::config::{ChainSettings, Config};
+use crate::escrow::EscrowConfig;
+use crate::escrow::channels::ChannelSource;
+use crate::escrow::claims::ClaimService;
+use crate::escrow::metrics::EscrowMetrics;
+use crate::escrow::payments::PaymentService;
 use crate::http::{HttpState, router};
-use crate::store::postgres;
+use crate::store::leases::PgLeases;
+use crate::store::postgres::{self, PgLedger};
 use crate::telemetry::Metrics;
 
 use cluster::{DATABASE_NAME, EmbeddedCluster};
@@ -66,18 +74,90 @@ impl Database {
     }
 }
 
-/// Serves HTTP until SIGINT or SIGTERM, then shuts down gracefully.
-pub async fn serve(settings: &DatabaseSettings, listen: SocketAddr) -> anyhow::Result<()> {
+/// The escrow services of a replica with a chain configured.
+pub struct Escrow {
+    pub config: Arc<EscrowConfig>,
+    pub channels: Arc<ChannelSource<EthChain>>,
+    pub payments: Arc<PaymentService<EthChain>>,
+    pub claims: Arc<ClaimService<EthChain>>,
+    pub leases: PgLeases,
+}
+
+impl Escrow {
+    pub fn new(
+        pool: &PgPool,
+        metrics: &Metrics,
+        config: &Config,
+        chain: &ChainSettings,
+    ) -> anyhow::Result<Self> {
+        let reader = EthChain::connect(&chain.rpc_url, chain.mpe_address)
+            .with_context(|| format!("invalid setting ethereum_rpc_url: {}", chain.rpc_url))?;
+        let escrow_config = Arc::new(EscrowConfig {
+            mpe: chain.mpe_address,
+            group_id: chain.group_id,
+            payment_address: chain.payment_address,
+            expiration_threshold: chain.expiration_threshold,
+            pricing: chain.pricing.clone(),
+            replica_id: config.replica_id.clone(),
+            lease_ttl: config.lease_ttl,
+            confirmations: config.confirmations,
+            claim_log_lookback: crate::escrow::DEFAULT_CLAIM_LOG_LOOKBACK,
+            chain_cache_age: crate::escrow::DEFAULT_CHAIN_CACHE_AGE,
+        });
+        let ledger = PgLedger::new(pool.clone(), metrics.store.clone());
+        let leases = PgLeases::new(pool.clone(), metrics.store.clone());
+        let channels = Arc::new(
+            ChannelSource::new(ledger, reader, escrow_config.clone())
+                .with_metrics(EscrowMetrics::new(&metrics.registry)),
+        );
+        let payments = Arc::new(PaymentService::new(channels.clone(), leases.clone(), escrow_config.clone()));
+        let claims = Arc::new(ClaimService::new(channels.clone(), leases.clone(), escrow_config.clone()));
+        Ok(Self { config: escrow_config, channels, payments, claims, leases })
+    }
+}
+
+/// Serves the public port (gRPC and HTTP) until SIGINT or SIGTERM, then shuts down gracefully:
+/// stops accepting calls, releases this replica's leases, closes the pool, stops the cluster it
+/// started.
+pub async fn serve(settings: &DatabaseSettings, config: Config) -> anyhow::Result<()> {
     let database = Database::open(settings).await?;
     let metrics = Metrics::new();
-    let listener =
-        tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
-    tracing::info!(address = %listener.local_addr()?, "serving HTTP (/healthz, /metrics)");
-    let app = router(HttpState { pool: database.pool.clone(), metrics });
+    let escrow = match &config.chain {
+        Some(chain) => Some(Escrow::new(&database.pool, &metrics, &config, chain)?),
+        None => {
+            tracing::warn!(
+                "no chain settings: paid calls are refused until ethereum_rpc_url, mpe_address, group_id, payment_address, price and upstream are given"
+            );
+            None
+        }
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    tracing::info!(address = %listener.local_addr()?, replica = %config.replica_id, "serving gRPC and HTTP (/healthz, /metrics)");
+    let app = public_router(&database.pool, &metrics, &config, escrow.as_ref());
     let served = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await;
     tracing::info!("shutting down");
+    if let Some(escrow) = &escrow {
+        match escrow.leases.release_all_of(&config.replica_id).await {
+            Ok(released) => tracing::info!(released, "released this replica's leases"),
+            Err(error) => {
+                tracing::warn!(%error, "could not release this replica's leases; they expire by themselves")
+            }
+        }
+    }
     database.close().await?;
-    served.context("HTTP server")
+    served.context("server")
+}
+
+/// Everything on the public port.
+pub fn public_router(
+    pool: &PgPool,
+    metrics: &Metrics,
+    _config: &Config,
+    _escrow: Option<&Escrow>,
+) -> axum::Router {
+    router(HttpState { pool: pool.clone(), metrics: metrics.clone() })
 }
 
 async fn shutdown_signal() {

@@ -120,8 +120,10 @@ pub struct Ganache {
 
 impl Ganache {
     pub async fn start() -> Self {
+        let ganache = test_env().join("node_modules/.bin/ganache");
+        require(&ganache);
         let port = free_port();
-        let mut child = Command::new(test_env().join("node_modules/.bin/ganache"))
+        let mut child = Command::new(ganache)
             .args(["--wallet.deterministic", "--chain.chainId", &CHAIN_ID.to_string()])
             .args(["--server.host", "127.0.0.1", "--server.port", &port.to_string(), "--logging.quiet"])
             .stdin(Stdio::null())
