@@ -13,9 +13,9 @@ stop_cluster() {
     pg_bin="${MPE_LEDGER_PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)}"
     owner="$(stat -c %U "$cluster_dir/pgdata")"
     if [ "$(id -u)" -eq 0 ] && [ "$owner" != root ]; then
-      runuser -u "$owner" -- "$pg_bin/pg_ctl" -D "$cluster_dir/pgdata" stop -m fast >/dev/null || true
+      runuser -u "$owner" -- "$pg_bin/pg_ctl" -D "$cluster_dir/pgdata" stop -m immediate >/dev/null || true
     else
-      "$pg_bin/pg_ctl" -D "$cluster_dir/pgdata" stop -m fast >/dev/null || true
+      "$pg_bin/pg_ctl" -D "$cluster_dir/pgdata" stop -m immediate >/dev/null || true
     fi
   fi
   rm -rf "$cluster_dir"

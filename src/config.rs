@@ -6,14 +6,14 @@
 //! | key | meaning | default |
 //! |---|---|---|
 //! | `listen` | the public port: gRPC (escrow services, paid calls) and HTTP `/healthz`, `/metrics` | `127.0.0.1:7000` |
-//! | `ethereum_rpc_url` | JSON-RPC of the chain holding the MPE | none: paid calls refused |
+//! | `ethereum_rpc_url` | JSON-RPC of the chain holding the MPE (`http://` only for now) | none: paid calls refused |
 //! | `mpe_address` | the MultiPartyEscrow contract | required with the chain |
 //! | `group_id` | this replica group's id, base64 (as in org metadata) or 0x-hex, 32 bytes | required with the chain |
 //! | `payment_address` | the provider's address: recipient of channels, signer of control calls | required with the chain |
 //! | `payment_expiration_threshold` | blocks before expiration from which payments are refused | `40320` |
 //! | `price` | one price in cogs for every method (decimal) | required unless `prices` |
 //! | `prices` | table: full gRPC method name → price (file only) | |
-//! | `upstream` | the AI service calls are forwarded to, e.g. `http://127.0.0.1:50051` | required with the chain |
+//! | `upstream` | the AI service calls are forwarded to over h2c, e.g. `http://127.0.0.1:50051` | required with the chain |
 //! | `replica_id` | lease holder name of this replica | host name and process id |
 //! | `lease_ttl_seconds` | lease lifetime without renewal | `30` |
 //! | `confirmations` | blocks before a claim seen on chain is recorded | `12` |
@@ -170,13 +170,20 @@ impl RawSettings {
     }
 
     fn chain_settings(&self) -> Result<ChainSettings, ConfigError> {
+        // No TLS stack is compiled in yet: an https endpoint is refused here rather than at first use.
         let rpc_url = self.ethereum_rpc_url.clone().unwrap_or_default();
-        if !(rpc_url.starts_with("http://") || rpc_url.starts_with("https://")) {
-            return Err(invalid("ethereum_rpc_url", format!("{rpc_url:?} is not an http(s) URL")));
+        if !rpc_url.starts_with("http://") {
+            return Err(invalid(
+                "ethereum_rpc_url",
+                format!("{rpc_url:?} is not an http:// URL (https is not supported yet)"),
+            ));
         }
         let upstream = self.upstream.clone().unwrap_or_default();
-        if !(upstream.starts_with("http://") || upstream.starts_with("https://")) {
-            return Err(invalid("upstream", format!("{upstream:?} is not an http(s) URL")));
+        if !upstream.starts_with("http://") {
+            return Err(invalid(
+                "upstream",
+                format!("{upstream:?} is not an http:// URL (https is not supported yet)"),
+            ));
         }
         let pricing = match (&self.price, &self.prices) {
             (Some(_), Some(_)) => return Err(invalid("price", "give either price or prices, not both")),
@@ -324,6 +331,11 @@ mod tests {
             (RawSettings { price: Some(toml::Value::Integer(-1)), ..full() }, "price"),
             (RawSettings { price: Some(toml::Value::String("042".into())), ..full() }, "price"),
             (RawSettings { ethereum_rpc_url: Some("localhost:8545".into()), ..full() }, "ethereum_rpc_url"),
+            (
+                RawSettings { ethereum_rpc_url: Some("https://mainnet.example".into()), ..full() },
+                "ethereum_rpc_url",
+            ),
+            (RawSettings { upstream: Some("https://127.0.0.1:1".into()), ..full() }, "upstream"),
             (RawSettings { listen: Some("7000".into()), ..full() }, "listen"),
             (RawSettings { lease_ttl_seconds: Some(toml::Value::Integer(0)), ..full() }, "lease_ttl_seconds"),
         ];

@@ -19,6 +19,7 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod escrow;
+pub mod grpc;
 pub mod http;
 pub mod startup;
 pub mod store;

@@ -125,3 +125,21 @@ fn missing_server_binaries_are_reported_in_one_line_naming_the_package() {
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("\"postgresql\""), "{stderr}");
 }
+
+#[test]
+fn an_invalid_setting_stops_start_up_with_one_line_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_mpe-ledger"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir.path().join("ledger"))
+        .env_remove("DATABASE_URL")
+        .env("MPE_LEDGER_PRICE", "10")
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("invalid setting ethereum_rpc_url: missing"), "{stderr}");
+}

@@ -18,6 +18,8 @@ use crate::escrow::channels::ChannelSource;
 use crate::escrow::claims::ClaimService;
 use crate::escrow::metrics::EscrowMetrics;
 use crate::escrow::payments::PaymentService;
+use crate::grpc::escrow_routes;
+use crate::grpc::paid_call::PaidCallGateway;
 use crate::http::{HttpState, router};
 use crate::store::leases::PgLeases;
 use crate::store::postgres::{self, PgLedger};
@@ -135,7 +137,7 @@ pub async fn serve(settings: &DatabaseSettings, config: Config) -> anyhow::Resul
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     tracing::info!(address = %listener.local_addr()?, replica = %config.replica_id, "serving gRPC and HTTP (/healthz, /metrics)");
-    let app = public_router(&database.pool, &metrics, &config, escrow.as_ref());
+    let app = public_router(&database.pool, &metrics, &config, escrow.as_ref())?;
     let served = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await;
     tracing::info!("shutting down");
     if let Some(escrow) = &escrow {
@@ -154,10 +156,25 @@ pub async fn serve(settings: &DatabaseSettings, config: Config) -> anyhow::Resul
 pub fn public_router(
     pool: &PgPool,
     metrics: &Metrics,
-    _config: &Config,
-    _escrow: Option<&Escrow>,
-) -> axum::Router {
-    router(HttpState { pool: pool.clone(), metrics: metrics.clone() })
+    config: &Config,
+    escrow: Option<&Escrow>,
+) -> anyhow::Result<axum::Router> {
+    let mut http = router(HttpState { pool: pool.clone(), metrics: metrics.clone() });
+    if let Some(escrow) = escrow {
+        let routes = escrow_routes(escrow.channels.clone(), escrow.claims.clone(), escrow.config.clone());
+        http = http.merge(routes.into_axum_router());
+    }
+    let gateway = match (escrow, &config.chain) {
+        (Some(escrow), Some(chain)) => PaidCallGateway::new(
+            escrow.payments.clone(),
+            &escrow.config,
+            &chain.upstream,
+            config.max_message_bytes,
+        )
+        .context("invalid setting upstream")?,
+        _ => PaidCallGateway::<EthChain>::without_chain(),
+    };
+    Ok(gateway.mount(http))
 }
 
 async fn shutdown_signal() {

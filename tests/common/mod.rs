@@ -7,7 +7,9 @@
 #![allow(dead_code)]
 
 pub mod contract;
+pub mod e2e;
 pub mod ganache;
+pub mod upstream;
 
 use std::path::PathBuf;
 use std::sync::Arc;

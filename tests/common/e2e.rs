@@ -1,0 +1,845 @@
+//! End-to-end harness: the real SingularityNET clients (snet-cli 3.1.1, snet-sdk 6.0.0, from the
+//! test environment's virtualenv) paying through `mpe-ledger serve` on a real chain and a real
+//! Postgres, with the example Calculator service of `tests/e2e/` behind it.
+//!
+//! Pieces:
+//! - [`Chain`]: a ganache node whose `net_version` equals its chain id, with the token and the MPE
+//!   deployed from the bytecode of the installed `snet-contracts`. snet-cli signs transactions with
+//!   `net_version` as the chain id, and ganache's default network id is its start time, so the
+//!   shared [`super::ganache::Ganache`] (started without `--chain.networkId`) cannot carry a
+//!   `snet treasurer claim-all`; this one passes `--chain.networkId 1337`.
+//! - [`ExampleService`]: `tests/e2e/example_service.py`, recording the `snet-user-address` of every
+//!   call it receives.
+//! - [`Ledger`]: `mpe-ledger serve` as a child process, configured by `MPE_LEDGER_*` variables,
+//!   healthy once `GET /healthz` answers 200; stopped with SIGTERM when dropped.
+//! - [`SnetCli`] and [`sdk_calls`]: `tests/e2e/snet_cli.py` and `tests/e2e/snet_sdk_calls.py`.
+//!
+//! Every client command and its whole output are printed (`println!`), so a test log shows exactly
+//! what ran and what the clients said.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use alloy::network::TransactionBuilder;
+use alloy::primitives::{Address, B256, Bytes, U256};
+use alloy::providers::{Provider, ProviderBuilder, RootProvider};
+use alloy::rpc::types::{TransactionReceipt, TransactionRequest};
+use alloy::signers::local::PrivateKeySigner;
+use alloy::sol_types::{SolCall, SolConstructor, SolValue};
+use base64::Engine;
+use mpe_ledger::chain::mpe::MultiPartyEscrow;
+use mpe_ledger::domain::{ChannelId, EthAddress};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use sqlx::PgPool;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+
+use super::ganache::{Account, CHAIN_ID, STARTUP_TIMEOUT, SingularityNetToken, contract_bytecode, test_env};
+
+/// How long one client script may run (snet-cli takes 2–3 s per invocation to start).
+pub const SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long `serve` may take to answer `/healthz`.
+pub const LEDGER_STARTUP_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long `serve` may take to stop after SIGTERM before it is killed.
+pub const LEDGER_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `tests/e2e/` of this crate.
+pub fn e2e_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e")
+}
+
+/// The virtualenv's python, which has snet-cli, snet-sdk and grpcio-tools.
+pub fn python() -> PathBuf {
+    let python = test_env().join("venv/bin/python");
+    assert!(python.exists(), "{} is missing: run scripts/install-deps.sh", python.display());
+    python
+}
+
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free local port");
+    listener.local_addr().expect("a bound address").port()
+}
+
+/// base64 of a group id, as org metadata and `MPE_LEDGER_GROUP_ID` write it.
+pub fn group_id_base64(group_id: &[u8; 32]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(group_id)
+}
+
+/// `0x` + hex of a private key, as the clients take it.
+pub fn key_hex(account: &Account) -> String {
+    format!("{:#x}", account.key)
+}
+
+/// An amount of cogs as snet-cli prints it: FET with 18 decimals, no trailing zeros
+/// (`cogs2strtoken`: 20 cogs → `0.00000000000000002`, 10^18 → `1`).
+pub fn cogs_to_fet(cogs: u128) -> String {
+    const ONE: u128 = 1_000_000_000_000_000_000;
+    let (whole, fraction) = (cogs / ONE, cogs % ONE);
+    if fraction == 0 {
+        return whole.to_string();
+    }
+    let fraction = format!("{fraction:018}");
+    format!("{whole}.{}", fraction.trim_end_matches('0'))
+}
+
+// ------------------------------------------------------------------------------------------------
+// The chain
+
+/// A ganache node (`net_version` = chain id = 1337) on a free local port, killed when dropped.
+#[derive(Debug)]
+pub struct Chain {
+    _child: Child,
+    url: String,
+    accounts: Vec<Account>,
+}
+
+/// The token and the MPE deployed on a [`Chain`].
+#[derive(Debug, Clone, Copy)]
+pub struct Contracts {
+    pub token: Address,
+    pub mpe: Address,
+}
+
+impl Contracts {
+    pub fn mpe_address(&self) -> EthAddress {
+        EthAddress(self.mpe)
+    }
+}
+
+impl Chain {
+    pub async fn start() -> Self {
+        let ganache = test_env().join("node_modules/.bin/ganache");
+        assert!(ganache.exists(), "{} is missing: run scripts/install-deps.sh", ganache.display());
+        let port = free_port();
+        let id = CHAIN_ID.to_string();
+        let mut child = Command::new(&ganache)
+            .args(["--wallet.deterministic", "--chain.chainId", &id, "--chain.networkId", &id])
+            .args(["--server.host", "127.0.0.1", "--server.port", &port.to_string(), "--logging.quiet"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("ganache does not start ({e}): run scripts/install-deps.sh"));
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let accounts = tokio::time::timeout(STARTUP_TIMEOUT, async {
+            // The banner lists the deterministic private keys, then says where it listens.
+            let mut lines = BufReader::new(stdout).lines();
+            let mut keys = Vec::new();
+            let mut in_keys = false;
+            while let Some(line) = lines.next_line().await.expect("ganache's stdout is readable") {
+                let line = line.trim();
+                if line.starts_with("Private Keys") {
+                    in_keys = true;
+                } else if in_keys && line.starts_with('(') {
+                    let key: B256 =
+                        line.rsplit(' ').next().expect("a key").parse().expect("a 32-byte hex key");
+                    let address = PrivateKeySigner::from_bytes(&key).expect("a valid key").address();
+                    keys.push(Account { key, address });
+                } else if in_keys && !line.starts_with('=') {
+                    in_keys = false;
+                }
+                if line.starts_with("RPC Listening on") {
+                    // Keep draining so that ganache never blocks on a full pipe.
+                    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+                    return keys;
+                }
+            }
+            panic!("ganache exited before listening on port {port}");
+        })
+        .await
+        .expect("ganache listens within STARTUP_TIMEOUT");
+        let chain = Self { _child: child, url: format!("http://127.0.0.1:{port}"), accounts };
+        let provider = chain.provider();
+        let chain_id = tokio::time::timeout(STARTUP_TIMEOUT, async {
+            loop {
+                if let Ok(id) = provider.get_chain_id().await {
+                    return id;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("ganache answers JSON-RPC within STARTUP_TIMEOUT");
+        assert_eq!(chain_id, CHAIN_ID);
+        let network: String =
+            provider.raw_request("net_version".into(), ()).await.expect("net_version answers");
+        assert_eq!(network, id, "snet-cli needs net_version = chain id");
+        chain
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The ten accounts of the `-d` mnemonic; account 0 deploys and mints.
+    pub fn account(&self, index: usize) -> &Account {
+        &self.accounts[index]
+    }
+
+    pub fn provider(&self) -> RootProvider {
+        RootProvider::new_http(self.url.parse().expect("a valid URL"))
+    }
+
+    pub async fn block_number(&self) -> u64 {
+        self.provider().get_block_number().await.expect("eth_blockNumber")
+    }
+
+    async fn send(&self, from: &Account, what: &str, tx: TransactionRequest) -> TransactionReceipt {
+        let provider = ProviderBuilder::new().wallet(from.signer()).connect_http(self.url.parse().unwrap());
+        let receipt = provider
+            .send_transaction(tx)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"))
+            .get_receipt()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: no receipt: {e}"));
+        assert!(receipt.status(), "{what} reverted: {receipt:?}");
+        receipt
+    }
+
+    async fn call(&self, from: &Account, what: &str, to: Address, call: impl SolCall) -> TransactionReceipt {
+        self.send(from, what, TransactionRequest::default().with_to(to).with_input(call.abi_encode())).await
+    }
+
+    async fn deploy_code(&self, what: &str, code: Bytes, args: Vec<u8>) -> Address {
+        let code: Vec<u8> = [code.as_ref(), &args].concat();
+        let receipt =
+            self.send(self.account(0), what, TransactionRequest::default().with_deploy_code(code)).await;
+        receipt.contract_address.unwrap_or_else(|| panic!("{what}: no contract address"))
+    }
+
+    /// `SingularityNetToken("SingularityNet Token", "AGIX")` and `MultiPartyEscrow(token)`, from
+    /// account 0.
+    pub async fn deploy(&self) -> Contracts {
+        let token_args = SingularityNetToken::constructorCall {
+            name: "SingularityNet Token".into(),
+            symbol: "AGIX".into(),
+        }
+        .abi_encode();
+        let token =
+            self.deploy_code("deploy the token", contract_bytecode("SingularityNetToken"), token_args).await;
+        let mpe = self
+            .deploy_code("deploy the MPE", contract_bytecode("MultiPartyEscrow"), token.abi_encode())
+            .await;
+        Contracts { token, mpe }
+    }
+
+    /// Mints `amount` cogs to `account`, approves the MPE and deposits them into the MPE.
+    pub async fn mint_and_deposit(&self, contracts: &Contracts, account: &Account, amount: u64) {
+        let amount = U256::from(amount);
+        let mint = SingularityNetToken::mintCall { to: account.address, amount };
+        self.call(self.account(0), "mint", contracts.token, mint).await;
+        let approve = SingularityNetToken::approveCall { spender: contracts.mpe, amount };
+        self.call(account, "approve", contracts.token, approve).await;
+        let deposit = MultiPartyEscrow::depositCall { value: amount };
+        self.call(account, "deposit", contracts.mpe, deposit).await;
+    }
+
+    /// `openChannel` from `sender` (also the signer); the id is the one `ChannelOpen` carries.
+    pub async fn open_channel(
+        &self,
+        contracts: &Contracts,
+        sender: &Account,
+        recipient: Address,
+        group_id: [u8; 32],
+        value: u64,
+        expiration: u64,
+    ) -> ChannelId {
+        let open = MultiPartyEscrow::openChannelCall {
+            signer: sender.address,
+            recipient,
+            groupId: group_id.into(),
+            value: U256::from(value),
+            expiration: U256::from(expiration),
+        };
+        let receipt = self.call(sender, "openChannel", contracts.mpe, open).await;
+        let opened = receipt
+            .inner
+            .logs()
+            .iter()
+            .filter(|log| log.address() == contracts.mpe)
+            .find_map(|log| log.log_decode::<MultiPartyEscrow::ChannelOpen>().ok())
+            .expect("openChannel logs ChannelOpen");
+        ChannelId(opened.inner.data.channelId)
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Running the Python scripts
+
+/// One finished script: the command, its exit status and output.
+#[derive(Debug)]
+pub struct ScriptRun {
+    pub command: String,
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl ScriptRun {
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    #[track_caller]
+    pub fn assert_success(&self) -> &Self {
+        assert!(
+            self.success(),
+            "failed ({:?}): {}\n{}\n{}",
+            self.code,
+            self.command,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    #[track_caller]
+    pub fn assert_stdout_contains(&self, needle: &str) -> &Self {
+        assert!(
+            self.stdout.contains(needle),
+            "{:?} not in the output of {}:\n{}",
+            needle,
+            self.command,
+            self.stdout
+        );
+        self
+    }
+
+    /// The value of the first stdout line `KEY=value`.
+    pub fn value_of(&self, key: &str) -> Option<String> {
+        let prefix = format!("{key}=");
+        self.stdout.lines().find_map(|line| line.strip_prefix(&prefix).map(|v| v.trim().to_owned()))
+    }
+}
+
+fn shell_quote(arg: &str) -> String {
+    if !arg.is_empty() && arg.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=+@,".contains(c)) {
+        arg.to_owned()
+    } else {
+        format!("'{}'", arg.replace('\'', r"'\''"))
+    }
+}
+
+/// Runs `python tests/e2e/<script> <args>` in `cwd`, prints the command and its whole output.
+pub async fn run_script(script: &str, args: &[String], cwd: &Path) -> ScriptRun {
+    let path = e2e_dir().join(script);
+    let command = std::iter::once(format!("python tests/e2e/{script}"))
+        .chain(args.iter().map(|a| shell_quote(a)))
+        .collect::<Vec<_>>()
+        .join(" ");
+    println!("\n>>> {command}");
+    let started = Instant::now();
+    let child = Command::new(python())
+        .arg(&path)
+        .args(args)
+        .current_dir(cwd)
+        .env("PYTHONUNBUFFERED", "1")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()));
+    let output = tokio::time::timeout(SCRIPT_TIMEOUT, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("{command} did not finish within {SCRIPT_TIMEOUT:?}"))
+        .expect("the script's output is readable");
+    let run = ScriptRun {
+        command,
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    };
+    println!("{}", run.stdout.trim_end());
+    if !run.stderr.trim().is_empty() {
+        println!("[script stderr]\n{}", run.stderr.trim_end());
+    }
+    println!("<<< exit {:?} after {:.1} s", run.code, started.elapsed().as_secs_f64());
+    run
+}
+
+// ------------------------------------------------------------------------------------------------
+// The example service
+
+/// `tests/e2e/example_service.py` on a free port; killed when dropped.
+pub struct ExampleService {
+    _child: Child,
+    pub port: u16,
+    calls: Arc<Mutex<Vec<serde_json::Value>>>,
+}
+
+impl ExampleService {
+    pub async fn start() -> Self {
+        let port = free_port();
+        let mut child = Command::new(python())
+            .arg(e2e_dir().join("example_service.py"))
+            .arg(port.to_string())
+            .env("PYTHONUNBUFFERED", "1")
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start example_service.py");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
+        tokio::time::timeout(STARTUP_TIMEOUT, async {
+            while let Some(line) = lines.next_line().await.expect("readable stdout") {
+                if line.starts_with("LISTENING ") {
+                    return;
+                }
+            }
+            panic!("example_service.py exited before listening on {port}");
+        })
+        .await
+        .expect("the example service listens within STARTUP_TIMEOUT");
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let recorded = calls.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                println!("[example service] {line}");
+                if let Ok(call) = serde_json::from_str(&line) {
+                    recorded.lock().unwrap().push(call);
+                }
+            }
+        });
+        Self { _child: child, port, calls }
+    }
+
+    /// What the ledger forwards to: `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Every call received so far, as the service printed it.
+    pub fn calls(&self) -> Vec<serde_json::Value> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    /// The `snet-user-address` of every call received so far (`None` when absent).
+    pub fn user_addresses(&self) -> Vec<Option<String>> {
+        self.calls().iter().map(|call| call["snet-user-address"].as_str().map(str::to_owned)).collect()
+    }
+
+    /// Waits (briefly: the service prints before it answers) until `n` calls have been printed.
+    pub async fn wait_for_calls(&self, n: usize) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.calls.lock().unwrap().len() < n && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.calls()
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// The ledger
+
+/// The chain settings of one `serve` replica.
+#[derive(Debug, Clone)]
+pub struct LedgerSettings {
+    pub ethereum_rpc_url: String,
+    pub mpe: Address,
+    pub group_id: [u8; 32],
+    pub payment_address: Address,
+    pub price: u64,
+    pub upstream: String,
+    pub replica_id: String,
+}
+
+/// `mpe-ledger serve` as a child process on a free port; SIGTERM when dropped.
+pub struct Ledger {
+    child: Option<std::process::Child>,
+    pub port: u16,
+    pub replica_id: String,
+    log: PathBuf,
+    _log_dir: tempfile::TempDir,
+}
+
+/// Every `MPE_LEDGER_*` setting `serve` reads; unset unless given, so the test's environment
+/// cannot leak into the child.
+const LEDGER_KEYS: [&str; 13] = [
+    "LISTEN",
+    "ETHEREUM_RPC_URL",
+    "MPE_ADDRESS",
+    "GROUP_ID",
+    "PAYMENT_ADDRESS",
+    "PAYMENT_EXPIRATION_THRESHOLD",
+    "PRICE",
+    "UPSTREAM",
+    "REPLICA_ID",
+    "LEASE_TTL_SECONDS",
+    "CONFIRMATIONS",
+    "MAX_MESSAGE_BYTES",
+    "CONFIG",
+];
+
+impl Ledger {
+    pub async fn start(database_url: &str, settings: &LedgerSettings) -> Self {
+        let port = free_port();
+        let log_dir = tempfile::tempdir().expect("a temporary directory");
+        let log = log_dir.path().join(format!("{}.log", settings.replica_id));
+        let log_file = std::fs::File::create(&log).expect("the ledger's log file");
+        let env = [
+            ("DATABASE_URL".to_owned(), database_url.to_owned()),
+            ("MPE_LEDGER_ETHEREUM_RPC_URL".to_owned(), settings.ethereum_rpc_url.clone()),
+            ("MPE_LEDGER_MPE_ADDRESS".to_owned(), settings.mpe.to_checksum(None)),
+            ("MPE_LEDGER_GROUP_ID".to_owned(), group_id_base64(&settings.group_id)),
+            ("MPE_LEDGER_PAYMENT_ADDRESS".to_owned(), settings.payment_address.to_checksum(None)),
+            ("MPE_LEDGER_PRICE".to_owned(), settings.price.to_string()),
+            ("MPE_LEDGER_UPSTREAM".to_owned(), settings.upstream.clone()),
+            ("MPE_LEDGER_CONFIRMATIONS".to_owned(), "0".to_owned()),
+            ("MPE_LEDGER_PAYMENT_EXPIRATION_THRESHOLD".to_owned(), "0".to_owned()),
+            ("MPE_LEDGER_REPLICA_ID".to_owned(), settings.replica_id.clone()),
+        ];
+        let listen = format!("127.0.0.1:{port}");
+        println!(
+            "\n>>> {} mpe-ledger serve --listen {listen}",
+            env.iter()
+                .map(|(k, v)| if k == "DATABASE_URL" {
+                    format!("{k}=<test database>")
+                } else {
+                    format!("{k}={v}")
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_mpe-ledger"));
+        command.args(["serve", "--listen", &listen]);
+        for key in LEDGER_KEYS {
+            command.env_remove(format!("MPE_LEDGER_{key}"));
+        }
+        command
+            .env_remove("MIGRATION_DATABASE_URL")
+            .env_remove("MPE_LEDGER_DATA_DIR")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("RUST_LOG", "info,sqlx=warn")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("a second log handle"))
+            .stderr(log_file);
+        let child = command.spawn().expect("start mpe-ledger serve");
+        let mut ledger = Self {
+            child: Some(child),
+            port,
+            replica_id: settings.replica_id.clone(),
+            log,
+            _log_dir: log_dir,
+        };
+        ledger.wait_healthy().await;
+        println!("<<< {} healthy on {}", ledger.replica_id, ledger.endpoint());
+        ledger
+    }
+
+    async fn wait_healthy(&mut self) {
+        let deadline = Instant::now() + LEDGER_STARTUP_TIMEOUT;
+        loop {
+            if let Ok((200, _)) = http_get(self.port, "/healthz").await {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("serve ({}) exited early with {status}:\n{}", self.replica_id, self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "serve ({}) was not healthy in time:\n{}",
+                self.replica_id,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The endpoint for the clients: `http://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// What the replica has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then waits for the exit (killing it after [`LEDGER_STOP_TIMEOUT`]); returns whether
+    /// it exited successfully.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else { return true };
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + LEDGER_STOP_TIMEOUT;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return status.success(),
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Ledger {
+    fn drop(&mut self) {
+        let stopped = self.stop();
+        if std::thread::panicking() || !stopped {
+            println!(
+                "----- log of serve ({}) -----\n{}\n----- end of log -----",
+                self.replica_id,
+                self.log()
+            );
+        }
+    }
+}
+
+/// A plain HTTP/1.1 GET on the loopback: status code and body.
+pub async fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// `mpe-ledger verify` on `database_url`, printed like a client command.
+pub async fn verify(database_url: &str) -> ScriptRun {
+    let command = "DATABASE_URL=<test database> mpe-ledger verify".to_owned();
+    println!("\n>>> {command}");
+    let output = Command::new(env!("CARGO_BIN_EXE_mpe-ledger"))
+        .arg("verify")
+        .env("DATABASE_URL", database_url)
+        .env_remove("MIGRATION_DATABASE_URL")
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .expect("run mpe-ledger verify");
+    let run = ScriptRun {
+        command,
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    };
+    println!("{}{}<<< exit {:?}", run.stdout, run.stderr, run.code);
+    run
+}
+
+// ------------------------------------------------------------------------------------------------
+// snet-cli
+
+/// What `snet_cli.py setup` needs.
+#[derive(Debug, Clone)]
+pub struct CliSetup<'a> {
+    pub chain: &'a Chain,
+    pub contracts: Contracts,
+    pub client: &'a Account,
+    pub treasurer: &'a Account,
+    pub org: &'a str,
+    pub service: &'a str,
+    pub group: &'a str,
+    pub group_id: [u8; 32],
+    pub price: u64,
+    /// The endpoint written into the service metadata (`client call` without `--endpoint`).
+    pub endpoint: String,
+    /// Open the client's channel with snet itself, with this value in cogs.
+    pub open_channel: Option<u64>,
+}
+
+/// snet-cli with a scratch HOME, set up by `tests/e2e/snet_cli.py setup`.
+pub struct SnetCli {
+    home: tempfile::TempDir,
+}
+
+impl SnetCli {
+    /// Runs the offline setup and asserts it succeeded; returns its run (with `CHANNEL_ID=` when
+    /// snet opened the channel).
+    pub async fn setup(setup: &CliSetup<'_>) -> (Self, ScriptRun) {
+        let home = tempfile::tempdir().expect("a scratch HOME");
+        let mut args = vec![
+            "--eth-rpc".to_owned(),
+            setup.chain.url().to_owned(),
+            "--mpe".to_owned(),
+            setup.contracts.mpe.to_checksum(None),
+            "--token".to_owned(),
+            setup.contracts.token.to_checksum(None),
+            "--client-key".to_owned(),
+            key_hex(setup.client),
+            "--treasurer-key".to_owned(),
+            key_hex(setup.treasurer),
+            "--org".to_owned(),
+            setup.org.to_owned(),
+            "--service".to_owned(),
+            setup.service.to_owned(),
+            "--group".to_owned(),
+            setup.group.to_owned(),
+            "--group-id".to_owned(),
+            group_id_base64(&setup.group_id),
+            "--price".to_owned(),
+            setup.price.to_string(),
+            "--payment-address".to_owned(),
+            setup.treasurer.address.to_checksum(None),
+            "--endpoint".to_owned(),
+            setup.endpoint.clone(),
+        ];
+        if let Some(value) = setup.open_channel {
+            args.extend(["--open-channel".to_owned(), value.to_string()]);
+        }
+        let cli = Self { home };
+        let run = cli.run("setup", args).await;
+        run.assert_success();
+        (cli, run)
+    }
+
+    async fn run(&self, command: &str, args: Vec<String>) -> ScriptRun {
+        let mut all = vec!["--home".to_owned(), self.home.path().display().to_string(), command.to_owned()];
+        all.extend(args);
+        run_script("snet_cli.py", &all, self.home.path()).await
+    }
+
+    /// `snet client ARGS` as the client identity.
+    pub async fn client(&self, args: &[&str]) -> ScriptRun {
+        self.run("client", args.iter().map(|a| a.to_string()).collect()).await
+    }
+
+    /// `snet treasurer ARGS` as the treasurer (provider) identity.
+    pub async fn treasurer(&self, args: &[&str]) -> ScriptRun {
+        self.run("treasurer", args.iter().map(|a| a.to_string()).collect()).await
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// snet-sdk
+
+/// What `snet_sdk_calls.py` needs.
+#[derive(Debug, Clone)]
+pub struct SdkCalls<'a> {
+    pub chain: &'a Chain,
+    pub contracts: Contracts,
+    pub client: &'a Account,
+    pub payment_address: Address,
+    pub group_id: [u8; 32],
+    pub price: u64,
+    /// Calls go round-robin over these.
+    pub endpoints: Vec<String>,
+    pub calls: usize,
+    /// Finish with one paid server-streaming call.
+    pub stream: bool,
+    /// Go on after a failed call (and report `failed_calls`).
+    pub keep_going: bool,
+}
+
+/// The outcome of `snet_sdk_calls.py`.
+#[derive(Debug)]
+pub struct SdkRun {
+    pub run: ScriptRun,
+    pub successful_calls: u64,
+    pub failed_calls: u64,
+}
+
+/// Runs `tests/e2e/snet_sdk_calls.py` with a scratch HOME.
+pub async fn sdk_calls(calls: &SdkCalls<'_>) -> SdkRun {
+    let home = tempfile::tempdir().expect("a scratch HOME");
+    let mut args = vec![
+        "--home".to_owned(),
+        home.path().display().to_string(),
+        "--eth-rpc".to_owned(),
+        calls.chain.url().to_owned(),
+        "--mpe".to_owned(),
+        calls.contracts.mpe.to_checksum(None),
+        "--token".to_owned(),
+        calls.contracts.token.to_checksum(None),
+        "--private-key".to_owned(),
+        key_hex(calls.client),
+        "--payment-address".to_owned(),
+        calls.payment_address.to_checksum(None),
+        "--group-id".to_owned(),
+        group_id_base64(&calls.group_id),
+        "--price".to_owned(),
+        calls.price.to_string(),
+        "--calls".to_owned(),
+        calls.calls.to_string(),
+    ];
+    for endpoint in &calls.endpoints {
+        args.extend(["--endpoint".to_owned(), endpoint.clone()]);
+    }
+    if calls.stream {
+        args.push("--stream".to_owned());
+    }
+    if calls.keep_going {
+        args.push("--keep-going".to_owned());
+    }
+    let run = run_script("snet_sdk_calls.py", &args, home.path()).await;
+    let count = |key: &str| run.value_of(key).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let (successful_calls, failed_calls) = (count("successful_calls"), count("failed_calls"));
+    SdkRun { run, successful_calls, failed_calls }
+}
+
+// ------------------------------------------------------------------------------------------------
+// The event log
+
+/// Sum over every `payment_accepted` event of what it added: its cumulative amount minus the
+/// previous accepted amount of the same channel and nonce (0 for the first at a nonce).
+pub async fn accepted_increments(pool: &PgPool) -> u128 {
+    let total: String = sqlx::query_scalar(
+        "SELECT COALESCE(SUM(amount - COALESCE(previous, 0)), 0)::text FROM (
+             SELECT amount, lag(amount) OVER (PARTITION BY stream, nonce ORDER BY stream_version) AS previous
+             FROM ledger.events WHERE event_type = 'payment_accepted') accepted",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("sum of payment_accepted increments");
+    total.parse().expect("a whole number")
+}
+
+/// How many events of `event_type` the log holds for `channel`.
+pub async fn event_count(pool: &PgPool, event_type: &str, channel: ChannelId) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM ledger.events WHERE event_type = $1 AND channel_id = $2::text::numeric",
+    )
+    .bind(event_type)
+    .bind(channel.to_string())
+    .fetch_one(pool)
+    .await
+    .expect("count events")
+}
+
+/// Every event of the log, one line each (`position stream version type payload`), for the test log.
+pub async fn event_log(pool: &PgPool) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT position || ' ' || stream || ' v' || stream_version || ' ' || event_type || ' ' || payload::text
+         FROM ledger.events ORDER BY position",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("read the event log")
+}
+
+/// Polls until `channel` has at least one `event_type` event, or `timeout` passes.
+pub async fn wait_for_event(pool: &PgPool, event_type: &str, channel: ChannelId, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if event_count(pool, event_type, channel).await > 0 {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[test]
+fn cogs_print_as_snet_cli_prints_them() {
+    assert_eq!(cogs_to_fet(20), "0.00000000000000002");
+    assert_eq!(cogs_to_fet(1000), "0.000000000000001");
+    assert_eq!(cogs_to_fet(0), "0");
+    assert_eq!(cogs_to_fet(1_000_000_000_000_000_000), "1");
+    assert_eq!(cogs_to_fet(1_500_000_000_000_000_000), "1.5");
+}

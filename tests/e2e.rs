@@ -1,0 +1,308 @@
+//! End to end with the real SingularityNET clients: snet-cli 3.1.1 and snet-sdk 6.0.0 (Python, from
+//! the test environment's virtualenv) pay for calls of the example Calculator service through
+//! `mpe-ledger serve`, on ganache running the real MultiPartyEscrow and on a real Postgres. No
+//! Registry and no IPFS: the clients are pointed at the ledger as tests/e2e/snet_cli.py and
+//! tests/e2e/snet_sdk_calls.py describe.
+//!
+//! Every client command and its output is printed; run with `--nocapture` to see them:
+//! `cargo test --test e2e -- --nocapture --test-threads 1`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::TestDb;
+use common::e2e::{
+    Chain, CliSetup, Contracts, ExampleService, Ledger, LedgerSettings, SdkCalls, SnetCli,
+    accepted_increments, cogs_to_fet, event_count, event_log, sdk_calls, verify, wait_for_event,
+};
+use common::ganache::Account;
+use mpe_ledger::chain::{ChainReader, EthChain};
+use mpe_ledger::domain::{Amount, ChannelId, Nonce};
+
+const PRICE: u64 = 10;
+const GROUP_ID: [u8; 32] = [7; 32];
+const ORG: &str = "testorg";
+const SERVICE: &str = "calc";
+const GROUP: &str = "default_group";
+const ADD: &str = r#"{"a":2,"b":3}"#;
+/// The provider: the channels' recipient, the group's payment address, snet's treasurer.
+const PROVIDER: usize = 2;
+
+/// One chain with the contracts, one database, the example service.
+struct World {
+    chain: Chain,
+    contracts: Contracts,
+    db: TestDb,
+    service: ExampleService,
+}
+
+impl World {
+    async fn new() -> Self {
+        let chain = Chain::start().await;
+        let contracts = chain.deploy().await;
+        let db = TestDb::new().await;
+        let service = ExampleService::start().await;
+        println!(
+            "chain {} (chain id = network id = 1337), token {}, MPE {}, example service {}",
+            chain.url(),
+            contracts.token,
+            contracts.mpe,
+            service.url()
+        );
+        Self { chain, contracts, db, service }
+    }
+
+    fn provider(&self) -> &Account {
+        self.chain.account(PROVIDER)
+    }
+
+    fn ledger_settings(&self, replica_id: &str) -> LedgerSettings {
+        LedgerSettings {
+            ethereum_rpc_url: self.chain.url().to_owned(),
+            mpe: self.contracts.mpe,
+            group_id: GROUP_ID,
+            payment_address: self.provider().address,
+            price: PRICE,
+            upstream: self.service.url(),
+            replica_id: replica_id.to_owned(),
+        }
+    }
+
+    async fn ledger(&self, replica_id: &str) -> Ledger {
+        Ledger::start(&self.db.owner_url, &self.ledger_settings(replica_id)).await
+    }
+
+    fn eth(&self) -> EthChain {
+        EthChain::connect(self.chain.url(), self.contracts.mpe_address()).expect("an RPC client")
+    }
+
+    /// `(nonce, value)` of `channel` on chain.
+    async fn on_chain(&self, channel: ChannelId) -> (Nonce, Amount) {
+        let read = self.eth().channel(channel).await.expect("channels(id)").expect("the channel exists");
+        (read.channel.nonce, read.channel.value)
+    }
+
+    async fn print_event_log(&self) {
+        println!("\n----- ledger.events -----");
+        for line in event_log(&self.db.pool).await {
+            println!("{line}");
+        }
+        println!("----- end of ledger.events -----");
+    }
+}
+
+fn checksummed(account: &Account) -> String {
+    account.address.to_checksum(None)
+}
+
+/// The three lines of `snet client get-channel-state`.
+fn channel_state_lines(nonce: u64, signed: u64, unspent: u64) -> [String; 3] {
+    [
+        format!("current_nonce                  = {nonce}"),
+        format!("current_signed_amount_in_cogs  = {signed}"),
+        format!("current_unspent_amount_in_cogs = {unspent}"),
+    ]
+}
+
+/// snet-cli as a user runs it: the client opens its channel with snet, reads the channel state,
+/// makes two paid calls; the treasurer lists the unclaimed payments and claims them on chain; the
+/// ledger records the claim as finished and the client sees the new nonce.
+#[tokio::test(flavor = "multi_thread")]
+async fn snet_cli_pays_through_the_ledger_and_the_treasurer_claims_on_chain() {
+    const CHANNEL_VALUE: u64 = 1000;
+    let world = World::new().await;
+    let client = world.chain.account(1);
+    world.chain.mint_and_deposit(&world.contracts, client, 10_000).await;
+    let ledger = world.ledger("replica-cli").await;
+    let endpoint = ledger.endpoint();
+
+    let (cli, setup) = SnetCli::setup(&CliSetup {
+        chain: &world.chain,
+        contracts: world.contracts,
+        client,
+        treasurer: world.provider(),
+        org: ORG,
+        service: SERVICE,
+        group: GROUP,
+        group_id: GROUP_ID,
+        price: PRICE,
+        endpoint: endpoint.clone(),
+        open_channel: Some(CHANNEL_VALUE),
+    })
+    .await;
+    let channel: ChannelId =
+        setup.value_of("CHANNEL_ID").expect("snet opened a channel").parse().expect("a channel id");
+    let channel_text = channel.to_string();
+
+    // The channel as the ledger first sees it: nothing signed yet.
+    let state = cli.client(&["get-channel-state", &channel_text, &endpoint]).await;
+    state.assert_success();
+    for line in channel_state_lines(0, 0, CHANNEL_VALUE) {
+        state.assert_stdout_contains(&line);
+    }
+
+    // Two paid calls, through the endpoint in the seeded service metadata.
+    for _ in 0..2 {
+        let call = cli.client(&["call", ORG, SERVICE, GROUP, "add", ADD, "-y", "--skip-update-check"]).await;
+        call.assert_success().assert_stdout_contains("value: 5");
+    }
+    let calls = world.service.wait_for_calls(2).await;
+    assert_eq!(calls.len(), 2, "the service got exactly the two paid calls: {calls:?}");
+    assert!(calls.iter().all(|c| c["method"] == "/example.Calculator/add"), "{calls:?}");
+    assert_eq!(world.service.user_addresses(), vec![Some(checksummed(client)); 2]);
+
+    let state = cli.client(&["get-channel-state", &channel_text, &endpoint]).await;
+    state.assert_success();
+    for line in channel_state_lines(0, 2 * PRICE, CHANNEL_VALUE - 2 * PRICE) {
+        state.assert_stdout_contains(&line);
+    }
+
+    // The treasurer sees the channel with 2 × price unclaimed.
+    let unclaimed = cli.treasurer(&["print-unclaimed", "--endpoint", &endpoint]).await;
+    unclaimed.assert_success();
+    let owed = cogs_to_fet(u128::from(2 * PRICE));
+    unclaimed.assert_stdout_contains(&format!("{channel}   0   {owed}"));
+    unclaimed.assert_stdout_contains(&format!("# total_unclaimed_in_ASI(FET) = {owed}"));
+
+    // claim-all: StartClaim at the ledger, then channelClaim on chain.
+    let claim = cli.treasurer(&["claim-all", "--endpoint", &endpoint, "-y"]).await;
+    claim.assert_success().assert_stdout_contains("ChannelClaim");
+    let (nonce, value) = world.on_chain(channel).await;
+    println!("on chain after claim-all: channel {channel} nonce {nonce} value {value}");
+    assert_eq!(nonce, Nonce::from(1), "the claim landed on chain");
+    assert_eq!(value, Amount::from(CHANNEL_VALUE - 2 * PRICE));
+
+    // The ledger records the claim as finished: by itself, or when the control service next
+    // lists the claims in progress (a second claim-all calls GetListInProgress first, which must
+    // drop the finished claim, so it has nothing left to claim).
+    let pool = &world.db.pool;
+    if !wait_for_event(pool, "claim_finished", channel, Duration::from_secs(5)).await {
+        println!("no claim_finished yet: a second claim-all makes the ledger list the claims in progress");
+        let again = cli.treasurer(&["claim-all", "--endpoint", &endpoint, "-y"]).await;
+        again.assert_success();
+    }
+    let finished = wait_for_event(pool, "claim_finished", channel, Duration::from_secs(30)).await;
+    world.print_event_log().await;
+    assert!(finished, "the ledger recorded claim_finished for channel {channel}");
+    assert_eq!(event_count(pool, "claim_started", channel).await, 1);
+    assert_eq!(event_count(pool, "claim_finished", channel).await, 1);
+    assert_eq!(event_count(pool, "payment_accepted", channel).await, 2);
+
+    // The client now sees nonce 1, nothing signed at it, and the claimed amount gone.
+    let state = cli.client(&["get-channel-state", &channel_text, &endpoint]).await;
+    state.assert_success();
+    for line in channel_state_lines(1, 0, CHANNEL_VALUE - 2 * PRICE) {
+        state.assert_stdout_contains(&line);
+    }
+    let unclaimed = cli.treasurer(&["print-unclaimed", "--endpoint", &endpoint]).await;
+    unclaimed.assert_success().assert_stdout_contains("# total_unclaimed_in_ASI(FET) = 0");
+
+    drop(ledger);
+    verify(&world.db.owner_url).await.assert_success();
+}
+
+/// snet-sdk with `PaidCallPaymentStrategy` and no channel of its own: it opens a channel of one
+/// call's price and adds one price of funds on chain before every later call, so the ledger must
+/// pick up each `channelAddFunds`. The last call is a paid server-streaming call.
+#[tokio::test(flavor = "multi_thread")]
+async fn snet_sdk_paid_calls_open_and_fund_their_channel_through_the_ledger() {
+    const UNARY_CALLS: usize = 3;
+    let world = World::new().await;
+    let client = world.chain.account(3);
+    world.chain.mint_and_deposit(&world.contracts, client, 10_000).await;
+    let ledger = world.ledger("replica-sdk").await;
+
+    let sdk = sdk_calls(&SdkCalls {
+        chain: &world.chain,
+        contracts: world.contracts,
+        client,
+        payment_address: world.provider().address,
+        group_id: GROUP_ID,
+        price: PRICE,
+        endpoints: vec![ledger.endpoint()],
+        calls: UNARY_CALLS,
+        stream: true,
+        keep_going: false,
+    })
+    .await;
+    sdk.run.assert_success();
+    let paid_calls = UNARY_CALLS as u64 + 1;
+    assert_eq!((sdk.successful_calls, sdk.failed_calls), (paid_calls, 0));
+    for i in 1..=UNARY_CALLS {
+        sdk.run.assert_stdout_contains(&format!("call {i} via {}: value=5", ledger.endpoint()));
+    }
+    sdk.run.assert_stdout_contains(&format!("stream via {}: values=2,3,5", ledger.endpoint()));
+
+    let calls = world.service.wait_for_calls(paid_calls as usize).await;
+    assert_eq!(calls.len(), paid_calls as usize, "{calls:?}");
+    assert_eq!(world.service.user_addresses(), vec![Some(checksummed(client)); paid_calls as usize]);
+
+    // The SDK's channel: the only one, holding exactly what was paid.
+    let channel = ChannelId::from(0);
+    let (nonce, value) = world.on_chain(channel).await;
+    assert_eq!((nonce, value), (Nonce::from(0), Amount::from(paid_calls * PRICE)));
+    world.print_event_log().await;
+    assert_eq!(event_count(&world.db.pool, "payment_accepted", channel).await, paid_calls as i64);
+    assert_eq!(accepted_increments(&world.db.pool).await, u128::from(paid_calls * PRICE));
+
+    drop(ledger);
+    verify(&world.db.owner_url).await.assert_success();
+}
+
+/// Two `serve` replicas on one database; the SDK alternates its calls between them on one channel.
+/// What the log accepted is exactly the successful calls times the price, and `verify` agrees.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_on_one_database_share_the_channel_state() {
+    const CALLS: usize = 6;
+    let world = World::new().await;
+    let client = world.chain.account(4);
+    world.chain.mint_and_deposit(&world.contracts, client, 10_000).await;
+    let expiration = world.chain.block_number().await + 100_000;
+    let channel = world
+        .chain
+        .open_channel(&world.contracts, client, world.provider().address, GROUP_ID, 1000, expiration)
+        .await;
+    let a = world.ledger("replica-a").await;
+    let b = world.ledger("replica-b").await;
+
+    let sdk = sdk_calls(&SdkCalls {
+        chain: &world.chain,
+        contracts: world.contracts,
+        client,
+        payment_address: world.provider().address,
+        group_id: GROUP_ID,
+        price: PRICE,
+        endpoints: vec![a.endpoint(), b.endpoint()],
+        calls: CALLS,
+        stream: false,
+        keep_going: true,
+    })
+    .await;
+    for i in 1..=CALLS {
+        let endpoint = if i % 2 == 1 { a.endpoint() } else { b.endpoint() };
+        assert!(
+            sdk.run.stdout.contains(&format!("call {i} via {endpoint}: ")),
+            "call {i} went to {endpoint}"
+        );
+    }
+
+    world.print_event_log().await;
+    let pool = &world.db.pool;
+    let accepted = accepted_increments(pool).await;
+    println!("successful calls {}, accepted increments {accepted} cogs", sdk.successful_calls);
+    assert_eq!(accepted, u128::from(sdk.successful_calls * PRICE), "accepted = successful calls × price");
+    assert_eq!(event_count(pool, "payment_accepted", channel).await, sdk.successful_calls as i64);
+    assert_eq!(
+        (sdk.successful_calls, sdk.failed_calls),
+        (CALLS as u64, 0),
+        "every alternating call succeeded"
+    );
+    let calls = world.service.wait_for_calls(CALLS).await;
+    assert_eq!(world.service.user_addresses(), vec![Some(checksummed(client)); calls.len()]);
+    assert_eq!(calls.len(), CALLS);
+
+    drop(a);
+    drop(b);
+    verify(&world.db.owner_url).await.assert_success();
+}
