@@ -13,10 +13,10 @@ use std::time::Duration;
 
 use common::TestDb;
 use common::e2e::{
-    Chain, CliSetup, Contracts, ExampleService, Ledger, LedgerSettings, SdkCalls, SnetCli,
-    accepted_increments, cogs_to_fet, event_count, event_log, sdk_calls, verify, wait_for_event,
+    CliSetup, ExampleService, Ledger, LedgerSettings, SdkCalls, SnetCli, accepted_increments, cogs_to_fet,
+    event_count, event_log, sdk_calls, verify, wait_for_event,
 };
-use common::ganache::Account;
+use common::ganache::{Account, Ganache, Mpe};
 use mpe_ledger::chain::{ChainReader, EthChain};
 use mpe_ledger::domain::{Amount, ChannelId, Nonce};
 
@@ -30,37 +30,36 @@ const ADD: &str = r#"{"a":2,"b":3}"#;
 const PROVIDER: usize = 2;
 
 /// One chain with the contracts, one database, the example service.
-struct World {
-    chain: Chain,
-    contracts: Contracts,
+struct World<'a> {
+    ganache: &'a Ganache,
+    mpe: Mpe<'a>,
     db: TestDb,
     service: ExampleService,
 }
 
-impl World {
-    async fn new() -> Self {
-        let chain = Chain::start().await;
-        let contracts = chain.deploy().await;
+impl<'a> World<'a> {
+    async fn new(ganache: &'a Ganache) -> Self {
+        let mpe = Mpe::deploy(ganache).await;
         let db = TestDb::new().await;
         let service = ExampleService::start().await;
         println!(
             "chain {} (chain id = network id = 1337), token {}, MPE {}, example service {}",
-            chain.url(),
-            contracts.token,
-            contracts.mpe,
+            ganache.url(),
+            mpe.token,
+            mpe.address,
             service.url()
         );
-        Self { chain, contracts, db, service }
+        Self { ganache, mpe, db, service }
     }
 
     fn provider(&self) -> &Account {
-        self.chain.account(PROVIDER)
+        self.ganache.account(PROVIDER)
     }
 
     fn ledger_settings(&self, replica_id: &str) -> LedgerSettings {
         LedgerSettings {
-            ethereum_rpc_url: self.chain.url().to_owned(),
-            mpe: self.contracts.mpe,
+            ethereum_rpc_url: self.ganache.url().to_owned(),
+            mpe: self.mpe.address,
             group_id: GROUP_ID,
             payment_address: self.provider().address,
             price: PRICE,
@@ -74,7 +73,7 @@ impl World {
     }
 
     fn eth(&self) -> EthChain {
-        EthChain::connect(self.chain.url(), self.contracts.mpe_address()).expect("an RPC client")
+        EthChain::connect(self.ganache.url(), self.mpe.eth_address()).expect("an RPC client")
     }
 
     /// `(nonce, value)` of `channel` on chain.
@@ -111,15 +110,16 @@ fn channel_state_lines(nonce: u64, signed: u64, unspent: u64) -> [String; 3] {
 #[tokio::test(flavor = "multi_thread")]
 async fn snet_cli_pays_through_the_ledger_and_the_treasurer_claims_on_chain() {
     const CHANNEL_VALUE: u64 = 1000;
-    let world = World::new().await;
-    let client = world.chain.account(1);
-    world.chain.mint_and_deposit(&world.contracts, client, 10_000).await;
+    let ganache = Ganache::start().await;
+    let world = World::new(&ganache).await;
+    let client = ganache.account(1);
+    world.mpe.mint_and_deposit(client, 10_000).await;
     let ledger = world.ledger("replica-cli").await;
     let endpoint = ledger.endpoint();
 
     let (cli, setup) = SnetCli::setup(&CliSetup {
-        chain: &world.chain,
-        contracts: world.contracts,
+        ganache: &ganache,
+        mpe: &world.mpe,
         client,
         treasurer: world.provider(),
         org: ORG,
@@ -208,14 +208,15 @@ async fn snet_cli_pays_through_the_ledger_and_the_treasurer_claims_on_chain() {
 #[tokio::test(flavor = "multi_thread")]
 async fn snet_sdk_paid_calls_open_and_fund_their_channel_through_the_ledger() {
     const UNARY_CALLS: usize = 3;
-    let world = World::new().await;
-    let client = world.chain.account(3);
-    world.chain.mint_and_deposit(&world.contracts, client, 10_000).await;
+    let ganache = Ganache::start().await;
+    let world = World::new(&ganache).await;
+    let client = ganache.account(3);
+    world.mpe.mint_and_deposit(client, 10_000).await;
     let ledger = world.ledger("replica-sdk").await;
 
     let sdk = sdk_calls(&SdkCalls {
-        chain: &world.chain,
-        contracts: world.contracts,
+        ganache: &ganache,
+        mpe: &world.mpe,
         client,
         payment_address: world.provider().address,
         group_id: GROUP_ID,
@@ -255,20 +256,21 @@ async fn snet_sdk_paid_calls_open_and_fund_their_channel_through_the_ledger() {
 #[tokio::test(flavor = "multi_thread")]
 async fn two_replicas_on_one_database_share_the_channel_state() {
     const CALLS: usize = 6;
-    let world = World::new().await;
-    let client = world.chain.account(4);
-    world.chain.mint_and_deposit(&world.contracts, client, 10_000).await;
-    let expiration = world.chain.block_number().await + 100_000;
+    let ganache = Ganache::start().await;
+    let world = World::new(&ganache).await;
+    let client = ganache.account(4);
+    world.mpe.mint_and_deposit(client, 10_000).await;
+    let expiration = ganache.block_number().await + 100_000;
     let channel = world
-        .chain
-        .open_channel(&world.contracts, client, world.provider().address, GROUP_ID, 1000, expiration)
+        .mpe
+        .open_channel(client, client.address, world.provider().address, GROUP_ID, 1000, expiration)
         .await;
     let a = world.ledger("replica-a").await;
     let b = world.ledger("replica-b").await;
 
     let sdk = sdk_calls(&SdkCalls {
-        chain: &world.chain,
-        contracts: world.contracts,
+        ganache: &ganache,
+        mpe: &world.mpe,
         client,
         payment_address: world.provider().address,
         group_id: GROUP_ID,

@@ -3,11 +3,8 @@
 //! Postgres, with the example Calculator service of `tests/e2e/` behind it.
 //!
 //! Pieces:
-//! - [`Chain`]: a ganache node whose `net_version` equals its chain id, with the token and the MPE
-//!   deployed from the bytecode of the installed `snet-contracts`. snet-cli signs transactions with
-//!   `net_version` as the chain id, and ganache's default network id is its start time, so the
-//!   shared [`super::ganache::Ganache`] (started without `--chain.networkId`) cannot carry a
-//!   `snet treasurer claim-all`; this one passes `--chain.networkId 1337`.
+//! - The chain is the shared [`super::ganache::Ganache`] (whose `net_version` equals its chain id,
+//!   as snet-cli needs) with the token and the MPE of [`super::ganache::Mpe`].
 //! - [`ExampleService`]: `tests/e2e/example_service.py`, recording the `snet-user-address` of every
 //!   call it receives.
 //! - [`Ledger`]: `mpe-ledger serve` as a child process, configured by `MPE_LEDGER_*` variables,
@@ -22,22 +19,16 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use alloy::network::TransactionBuilder;
-use alloy::primitives::{Address, B256, Bytes, U256};
-use alloy::providers::{Provider, ProviderBuilder, RootProvider};
-use alloy::rpc::types::{TransactionReceipt, TransactionRequest};
-use alloy::signers::local::PrivateKeySigner;
-use alloy::sol_types::{SolCall, SolConstructor, SolValue};
+use alloy::primitives::Address;
 use base64::Engine;
-use mpe_ledger::chain::mpe::MultiPartyEscrow;
-use mpe_ledger::domain::{ChannelId, EthAddress};
+use mpe_ledger::domain::ChannelId;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use sqlx::PgPool;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
-use super::ganache::{Account, CHAIN_ID, STARTUP_TIMEOUT, SingularityNetToken, contract_bytecode, test_env};
+use super::ganache::{Account, Ganache, Mpe, STARTUP_TIMEOUT, test_env};
 
 /// How long one client script may run (snet-cli takes 2–3 s per invocation to start).
 pub const SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -83,188 +74,6 @@ pub fn cogs_to_fet(cogs: u128) -> String {
     }
     let fraction = format!("{fraction:018}");
     format!("{whole}.{}", fraction.trim_end_matches('0'))
-}
-
-// ------------------------------------------------------------------------------------------------
-// The chain
-
-/// A ganache node (`net_version` = chain id = 1337) on a free local port, killed when dropped.
-#[derive(Debug)]
-pub struct Chain {
-    _child: Child,
-    url: String,
-    accounts: Vec<Account>,
-}
-
-/// The token and the MPE deployed on a [`Chain`].
-#[derive(Debug, Clone, Copy)]
-pub struct Contracts {
-    pub token: Address,
-    pub mpe: Address,
-}
-
-impl Contracts {
-    pub fn mpe_address(&self) -> EthAddress {
-        EthAddress(self.mpe)
-    }
-}
-
-impl Chain {
-    pub async fn start() -> Self {
-        let ganache = test_env().join("node_modules/.bin/ganache");
-        assert!(ganache.exists(), "{} is missing: run scripts/install-deps.sh", ganache.display());
-        let port = free_port();
-        let id = CHAIN_ID.to_string();
-        let mut child = Command::new(&ganache)
-            .args(["--wallet.deterministic", "--chain.chainId", &id, "--chain.networkId", &id])
-            .args(["--server.host", "127.0.0.1", "--server.port", &port.to_string(), "--logging.quiet"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("ganache does not start ({e}): run scripts/install-deps.sh"));
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let accounts = tokio::time::timeout(STARTUP_TIMEOUT, async {
-            // The banner lists the deterministic private keys, then says where it listens.
-            let mut lines = BufReader::new(stdout).lines();
-            let mut keys = Vec::new();
-            let mut in_keys = false;
-            while let Some(line) = lines.next_line().await.expect("ganache's stdout is readable") {
-                let line = line.trim();
-                if line.starts_with("Private Keys") {
-                    in_keys = true;
-                } else if in_keys && line.starts_with('(') {
-                    let key: B256 =
-                        line.rsplit(' ').next().expect("a key").parse().expect("a 32-byte hex key");
-                    let address = PrivateKeySigner::from_bytes(&key).expect("a valid key").address();
-                    keys.push(Account { key, address });
-                } else if in_keys && !line.starts_with('=') {
-                    in_keys = false;
-                }
-                if line.starts_with("RPC Listening on") {
-                    // Keep draining so that ganache never blocks on a full pipe.
-                    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-                    return keys;
-                }
-            }
-            panic!("ganache exited before listening on port {port}");
-        })
-        .await
-        .expect("ganache listens within STARTUP_TIMEOUT");
-        let chain = Self { _child: child, url: format!("http://127.0.0.1:{port}"), accounts };
-        let provider = chain.provider();
-        let chain_id = tokio::time::timeout(STARTUP_TIMEOUT, async {
-            loop {
-                if let Ok(id) = provider.get_chain_id().await {
-                    return id;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-        .await
-        .expect("ganache answers JSON-RPC within STARTUP_TIMEOUT");
-        assert_eq!(chain_id, CHAIN_ID);
-        let network: String =
-            provider.raw_request("net_version".into(), ()).await.expect("net_version answers");
-        assert_eq!(network, id, "snet-cli needs net_version = chain id");
-        chain
-    }
-
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
-    /// The ten accounts of the `-d` mnemonic; account 0 deploys and mints.
-    pub fn account(&self, index: usize) -> &Account {
-        &self.accounts[index]
-    }
-
-    pub fn provider(&self) -> RootProvider {
-        RootProvider::new_http(self.url.parse().expect("a valid URL"))
-    }
-
-    pub async fn block_number(&self) -> u64 {
-        self.provider().get_block_number().await.expect("eth_blockNumber")
-    }
-
-    async fn send(&self, from: &Account, what: &str, tx: TransactionRequest) -> TransactionReceipt {
-        let provider = ProviderBuilder::new().wallet(from.signer()).connect_http(self.url.parse().unwrap());
-        let receipt = provider
-            .send_transaction(tx)
-            .await
-            .unwrap_or_else(|e| panic!("{what}: {e}"))
-            .get_receipt()
-            .await
-            .unwrap_or_else(|e| panic!("{what}: no receipt: {e}"));
-        assert!(receipt.status(), "{what} reverted: {receipt:?}");
-        receipt
-    }
-
-    async fn call(&self, from: &Account, what: &str, to: Address, call: impl SolCall) -> TransactionReceipt {
-        self.send(from, what, TransactionRequest::default().with_to(to).with_input(call.abi_encode())).await
-    }
-
-    async fn deploy_code(&self, what: &str, code: Bytes, args: Vec<u8>) -> Address {
-        let code: Vec<u8> = [code.as_ref(), &args].concat();
-        let receipt =
-            self.send(self.account(0), what, TransactionRequest::default().with_deploy_code(code)).await;
-        receipt.contract_address.unwrap_or_else(|| panic!("{what}: no contract address"))
-    }
-
-    /// `SingularityNetToken("SingularityNet Token", "AGIX")` and `MultiPartyEscrow(token)`, from
-    /// account 0.
-    pub async fn deploy(&self) -> Contracts {
-        let token_args = SingularityNetToken::constructorCall {
-            name: "SingularityNet Token".into(),
-            symbol: "AGIX".into(),
-        }
-        .abi_encode();
-        let token =
-            self.deploy_code("deploy the token", contract_bytecode("SingularityNetToken"), token_args).await;
-        let mpe = self
-            .deploy_code("deploy the MPE", contract_bytecode("MultiPartyEscrow"), token.abi_encode())
-            .await;
-        Contracts { token, mpe }
-    }
-
-    /// Mints `amount` cogs to `account`, approves the MPE and deposits them into the MPE.
-    pub async fn mint_and_deposit(&self, contracts: &Contracts, account: &Account, amount: u64) {
-        let amount = U256::from(amount);
-        let mint = SingularityNetToken::mintCall { to: account.address, amount };
-        self.call(self.account(0), "mint", contracts.token, mint).await;
-        let approve = SingularityNetToken::approveCall { spender: contracts.mpe, amount };
-        self.call(account, "approve", contracts.token, approve).await;
-        let deposit = MultiPartyEscrow::depositCall { value: amount };
-        self.call(account, "deposit", contracts.mpe, deposit).await;
-    }
-
-    /// `openChannel` from `sender` (also the signer); the id is the one `ChannelOpen` carries.
-    pub async fn open_channel(
-        &self,
-        contracts: &Contracts,
-        sender: &Account,
-        recipient: Address,
-        group_id: [u8; 32],
-        value: u64,
-        expiration: u64,
-    ) -> ChannelId {
-        let open = MultiPartyEscrow::openChannelCall {
-            signer: sender.address,
-            recipient,
-            groupId: group_id.into(),
-            value: U256::from(value),
-            expiration: U256::from(expiration),
-        };
-        let receipt = self.call(sender, "openChannel", contracts.mpe, open).await;
-        let opened = receipt
-            .inner
-            .logs()
-            .iter()
-            .filter(|log| log.address() == contracts.mpe)
-            .find_map(|log| log.log_decode::<MultiPartyEscrow::ChannelOpen>().ok())
-            .expect("openChannel logs ChannelOpen");
-        ChannelId(opened.inner.data.channelId)
-    }
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -637,8 +446,8 @@ pub async fn verify(database_url: &str) -> ScriptRun {
 /// What `snet_cli.py setup` needs.
 #[derive(Debug, Clone)]
 pub struct CliSetup<'a> {
-    pub chain: &'a Chain,
-    pub contracts: Contracts,
+    pub ganache: &'a Ganache,
+    pub mpe: &'a Mpe<'a>,
     pub client: &'a Account,
     pub treasurer: &'a Account,
     pub org: &'a str,
@@ -664,11 +473,11 @@ impl SnetCli {
         let home = tempfile::tempdir().expect("a scratch HOME");
         let mut args = vec![
             "--eth-rpc".to_owned(),
-            setup.chain.url().to_owned(),
+            setup.ganache.url().to_owned(),
             "--mpe".to_owned(),
-            setup.contracts.mpe.to_checksum(None),
+            setup.mpe.address.to_checksum(None),
             "--token".to_owned(),
-            setup.contracts.token.to_checksum(None),
+            setup.mpe.token.to_checksum(None),
             "--client-key".to_owned(),
             key_hex(setup.client),
             "--treasurer-key".to_owned(),
@@ -720,8 +529,8 @@ impl SnetCli {
 /// What `snet_sdk_calls.py` needs.
 #[derive(Debug, Clone)]
 pub struct SdkCalls<'a> {
-    pub chain: &'a Chain,
-    pub contracts: Contracts,
+    pub ganache: &'a Ganache,
+    pub mpe: &'a Mpe<'a>,
     pub client: &'a Account,
     pub payment_address: Address,
     pub group_id: [u8; 32],
@@ -750,11 +559,11 @@ pub async fn sdk_calls(calls: &SdkCalls<'_>) -> SdkRun {
         "--home".to_owned(),
         home.path().display().to_string(),
         "--eth-rpc".to_owned(),
-        calls.chain.url().to_owned(),
+        calls.ganache.url().to_owned(),
         "--mpe".to_owned(),
-        calls.contracts.mpe.to_checksum(None),
+        calls.mpe.address.to_checksum(None),
         "--token".to_owned(),
-        calls.contracts.token.to_checksum(None),
+        calls.mpe.token.to_checksum(None),
         "--private-key".to_owned(),
         key_hex(calls.client),
         "--payment-address".to_owned(),

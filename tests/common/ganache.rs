@@ -26,7 +26,9 @@ use tokio::process::{Child, Command};
 
 /// Ganache must answer JSON-RPC within this long after it is started.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
-/// Ganache's chain id with the flags used here.
+/// Ganache's chain id with the flags used here, and its network id (`net_version`) too: snet-cli
+/// signs transactions with `net_version` as the chain id, and ganache's default network id is its
+/// start time.
 pub const CHAIN_ID: u64 = 1337;
 /// How many funded accounts `--wallet.deterministic` creates.
 const ACCOUNTS: usize = 10;
@@ -111,7 +113,8 @@ impl Account {
     }
 }
 
-/// A ganache node on a free local port, killed when dropped.
+/// A ganache node (`net_version` = chain id) on a free local port, killed when dropped.
+#[derive(Debug)]
 pub struct Ganache {
     _child: Child,
     url: String,
@@ -123,8 +126,9 @@ impl Ganache {
         let ganache = test_env().join("node_modules/.bin/ganache");
         require(&ganache);
         let port = free_port();
+        let id = CHAIN_ID.to_string();
         let mut child = Command::new(ganache)
-            .args(["--wallet.deterministic", "--chain.chainId", &CHAIN_ID.to_string()])
+            .args(["--wallet.deterministic", "--chain.chainId", &id, "--chain.networkId", &id])
             .args(["--server.host", "127.0.0.1", "--server.port", &port.to_string(), "--logging.quiet"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -177,6 +181,9 @@ impl Ganache {
         .await
         .expect("ganache answers JSON-RPC within STARTUP_TIMEOUT");
         assert_eq!(answered, CHAIN_ID);
+        let network: String =
+            provider.raw_request(Cow::Borrowed("net_version"), ()).await.expect("net_version answers");
+        assert_eq!(network, CHAIN_ID.to_string(), "snet-cli needs net_version = chain id");
     }
 
     pub fn url(&self) -> &str {
@@ -253,6 +260,7 @@ fn free_port() -> u16 {
 }
 
 /// The token and the MPE deployed on one ganache.
+#[derive(Debug)]
 pub struct Mpe<'a> {
     ganache: &'a Ganache,
     pub token: Address,
