@@ -7,6 +7,7 @@ pub mod cluster;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::PgPool;
@@ -138,8 +139,12 @@ pub async fn serve(settings: &DatabaseSettings, config: Config) -> anyhow::Resul
         .with_context(|| format!("binding {}", config.listen))?;
     tracing::info!(address = %listener.local_addr()?, replica = %config.replica_id, "serving gRPC and HTTP (/healthz, /metrics)");
     let app = public_router(&database.pool, &metrics, &config, escrow.as_ref())?;
+    let watcher = escrow.as_ref().map(|escrow| tokio::spawn(watch_claims(escrow.claims.clone())));
     let served = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await;
     tracing::info!("shutting down");
+    if let Some(watcher) = watcher {
+        watcher.abort();
+    }
     if let Some(escrow) = &escrow {
         match escrow.leases.release_all_of(&config.replica_id).await {
             Ok(released) => tracing::info!(released, "released this replica's leases"),
@@ -175,6 +180,26 @@ pub fn public_router(
         _ => PaidCallGateway::<EthChain>::without_chain(),
     };
     Ok(gateway.mount(http))
+}
+
+/// How often the claims in progress are compared with the chain's claim logs, besides every
+/// in-progress listing of the control service.
+pub const CLAIM_WATCH_INTERVAL: Duration = Duration::from_secs(15);
+
+/// Records claims that finished on chain without waiting for the provider's next listing.
+async fn watch_claims(claims: Arc<ClaimService<EthChain>>) {
+    let mut ticks = tokio::time::interval(CLAIM_WATCH_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match claims.record_finished_claims().await {
+            Ok(finished) if !finished.is_empty() => {
+                tracing::info!(count = finished.len(), "recorded finished claims")
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "could not check claims against the chain"),
+        }
+    }
 }
 
 async fn shutdown_signal() {
