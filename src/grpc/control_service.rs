@@ -106,17 +106,24 @@ impl<C: ChainReader> ControlService<C> {
         Ok(())
     }
 
+    /// The checks both list requests share, in the seed's order: MPE address, block window, signer.
+    async fn check_list_request(
+        &self,
+        request: &GetPaymentsListRequest,
+        message: Vec<u8>,
+    ) -> Result<(), ControlError> {
+        self.check_mpe(&request.mpe_address)?;
+        check_block_window(self.channels.chain(), request.current_block).await?;
+        self.check_signer(&message, &request.signature)
+    }
+
     /// Channels with a signed amount not yet claimed, by id.
     pub async fn unclaimed(
         &self,
         request: &GetPaymentsListRequest,
     ) -> Result<PaymentsListReply, ControlError> {
-        self.check_mpe(&request.mpe_address)?;
-        check_block_window(self.channels.chain(), request.current_block).await?;
-        self.check_signer(
-            &list_unclaimed_message(&self.config.mpe, request.current_block),
-            &request.signature,
-        )?;
+        self.check_list_request(request, list_unclaimed_message(&self.config.mpe, request.current_block))
+            .await?;
         let payments = self
             .claims
             .unclaimed()
@@ -138,12 +145,8 @@ impl<C: ChainReader> ControlService<C> {
         &self,
         request: &GetPaymentsListRequest,
     ) -> Result<PaymentsListReply, ControlError> {
-        self.check_mpe(&request.mpe_address)?;
-        check_block_window(self.channels.chain(), request.current_block).await?;
-        self.check_signer(
-            &list_in_progress_message(&self.config.mpe, request.current_block),
-            &request.signature,
-        )?;
+        self.check_list_request(request, list_in_progress_message(&self.config.mpe, request.current_block))
+            .await?;
         let mut payments = Vec::new();
         for (channel_id, claim) in self.claims.in_progress().await? {
             let channel = match self.channels.payment_channel(channel_id, Freshness::Fresh).await {
