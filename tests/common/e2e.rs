@@ -367,6 +367,11 @@ impl Ledger {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// The process id of the running `serve` (`None` once stopped), e.g. to read its peak memory.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
+    }
+
     /// What the replica has logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
