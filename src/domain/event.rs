@@ -76,6 +76,13 @@ pub enum ChannelEvent {
     },
 }
 
+impl ChannelEvent {
+    /// Whether folding this event reads or changes the channel's claims (merges and payments do not).
+    pub fn changes_claims(&self) -> bool {
+        matches!(self, Self::ClaimStarted { .. } | Self::ClaimFinished { .. })
+    }
+}
+
 /// What happened to one key of the generic `AtomicStorage` facade. Keys and values are bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

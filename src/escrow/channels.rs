@@ -33,6 +33,7 @@ use crate::store::StoreError;
 use crate::store::postgres::PgLedger;
 
 use super::EscrowConfig;
+use super::head_block::HeadBlockCache;
 use super::metrics::EscrowMetrics;
 
 /// The merged view and what a write must record about it.
@@ -94,12 +95,20 @@ pub struct ChannelSource<C> {
     chain: C,
     config: Arc<EscrowConfig>,
     cache: ChainCache,
+    head: HeadBlockCache,
     metrics: EscrowMetrics,
 }
 
 impl<C: ChainReader> ChannelSource<C> {
     pub fn new(ledger: PgLedger, chain: C, config: Arc<EscrowConfig>) -> Self {
-        Self { ledger, chain, config, cache: ChainCache::default(), metrics: EscrowMetrics::unregistered() }
+        Self {
+            ledger,
+            chain,
+            config,
+            cache: ChainCache::default(),
+            head: HeadBlockCache::default(),
+            metrics: EscrowMetrics::unregistered(),
+        }
     }
 
     /// Counts chain reads, cache hits and failures in `metrics`.
@@ -118,6 +127,23 @@ impl<C: ChainReader> ChannelSource<C> {
 
     pub fn ledger(&self) -> &PgLedger {
         &self.ledger
+    }
+
+    /// The head block number for the payment expiration rule: the background-refreshed number plus
+    /// its margin while it is young enough, else a read of the chain (see `head_block`).
+    pub async fn payment_head_block(&self) -> Result<u64, ChainError> {
+        if let Some(number) = self.head.usable() {
+            return Ok(number);
+        }
+        self.refresh_head_block().await
+    }
+
+    /// Reads the head block number from the chain and caches it (`serve` calls this every
+    /// `head_block::HEAD_BLOCK_REFRESH`).
+    pub async fn refresh_head_block(&self) -> Result<u64, ChainError> {
+        let number = self.chain.current_block().await?;
+        self.head.record(number);
+        Ok(number)
     }
 
     async fn read_chain(

@@ -8,6 +8,7 @@
 
 pub mod channels;
 pub mod claims;
+pub mod head_block;
 pub mod metrics;
 pub mod payments;
 

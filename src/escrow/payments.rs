@@ -7,6 +7,13 @@
 //!   channel gets the seed's FailedPrecondition, and a holder whose lease expired and was taken over
 //!   cannot commit: its commit is refused with FailedPrecondition and nothing is written.
 //! - Commit is a compare-and-swap on the channel's stream version, not the seed's blind Put.
+//!
+//! A served call is recorded: once the service has run, `commit` never gives up for contention or a
+//! lost connection while the lease can still be held. It retries until the lease's lifetime
+//! (`lease_ttl`) from the start of the commit has passed, renewing the lease every `lease_ttl / 3`
+//! meanwhile, and a COMMIT whose acknowledgement was lost is resolved by what was recorded (the
+//! store's idempotency), never guessed. "Retried" is the ledger's own retry: a client re-sending a
+//! payment it already made is refused by the income check, as in the seed.
 
 use std::sync::Arc;
 
@@ -15,6 +22,7 @@ use crate::domain::payment::{Income, Payment, PaymentError, validate_income, val
 use crate::domain::{ChannelEvent, EthAddress, PaymentChannelData, Signature};
 use crate::store::leases::{Acquisition, Lease, PgLeases};
 use crate::store::postgres::ledger::{ChannelCommit, CommitError, CommitOutcome, PaymentIdentity};
+use crate::store::retry::Retry;
 
 use super::EscrowConfig;
 use super::channels::{ChannelSource, Freshness, MergedChannel};
@@ -52,6 +60,9 @@ impl PaymentTransaction {
         &self.lease
     }
 }
+
+/// Shortest interval between two lease renewals, whatever the lease's lifetime.
+pub const MIN_RENEWAL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
 
 pub struct PaymentService<C> {
     channels: Arc<ChannelSource<C>>,
@@ -106,7 +117,7 @@ impl<C: ChainReader> PaymentService<C> {
         payment: &Payment,
         method: &str,
     ) -> Result<(MergedChannel, EthAddress, Signature), PaymentError> {
-        let current_block = match self.channels.chain().current_block().await {
+        let current_block = match self.channels.payment_head_block().await {
             Ok(block) => Some(block),
             Err(error) => {
                 tracing::warn!(%error, "cannot read the current block");
@@ -162,13 +173,30 @@ impl<C: ChainReader> PaymentService<C> {
         outcome
     }
 
+    /// Commits under `Retry::Until` the lease's lifetime, renewing the lease while it retries
+    /// (module doc).
     async fn commit_events(
         &self,
         commit: ChannelCommit<'_>,
         lease: &Lease,
         key: crate::domain::PaymentChannelKey,
     ) -> Result<CommitOutcome, PaymentError> {
-        match self.channels.ledger().commit(commit).await {
+        let deadline = tokio::time::Instant::now() + self.config.lease_ttl;
+        let committing = self.channels.ledger().commit_with(commit, Retry::Until(deadline));
+        let renewing = async {
+            let every = (self.config.lease_ttl / 3).max(MIN_RENEWAL_INTERVAL);
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(error) = self.leases.renew(lease, self.config.lease_ttl).await {
+                    tracing::warn!(%error, "lease renewal during the commit failed; trying again");
+                }
+            }
+        };
+        let outcome = tokio::select! {
+            outcome = committing => outcome,
+            never = renewing => match never {},
+        };
+        match outcome {
             Ok(outcome) => Ok(outcome),
             Err(CommitError::LeaseLost { .. } | CommitError::StaleState { .. }) => {
                 self.release(lease).await;

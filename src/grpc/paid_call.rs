@@ -95,14 +95,12 @@ use crate::domain::headers::{
 };
 use crate::domain::payment::PaymentError;
 use crate::escrow::EscrowConfig;
-use crate::escrow::payments::{PaymentService, PaymentTransaction};
+use crate::escrow::payments::{MIN_RENEWAL_INTERVAL, PaymentService, PaymentTransaction};
 
 /// Longest wait for the TCP connection to the upstream service.
 pub const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most bytes of one upstream reply held while waiting for its status (the reply is delivered whole).
 pub const MAX_BUFFERED_REPLY_BYTES: usize = 64 * 1024 * 1024;
-/// Shortest interval between two lease renewals, whatever the lease's lifetime.
-const MIN_RENEWAL_INTERVAL: Duration = Duration::from_millis(10);
 /// A gRPC message on the wire: 1 flag byte, a 4-byte big-endian length, the payload.
 const MESSAGE_PREFIX_BYTES: usize = 5;
 
@@ -427,9 +425,14 @@ struct Pending<C: ChainReader + 'static> {
 }
 
 impl<C: ChainReader + 'static> Pending<C> {
+    /// Records the payment in a task of its own: the service has run, so the commit runs to its end
+    /// even if the client goes away meanwhile (a served call is recorded).
     async fn commit(mut self) -> Result<(), PaymentError> {
         let Some(transaction) = self.transaction.take() else { return Ok(()) };
-        let outcome = self.payments.commit(transaction).await?;
+        let payments = self.payments.clone();
+        let outcome = tokio::spawn(async move { payments.commit(transaction).await })
+            .await
+            .map_err(|error| PaymentError::internal(format!("the payment commit task failed: {error}")))??;
         tracing::debug!(?outcome, "payment committed");
         Ok(())
     }

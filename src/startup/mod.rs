@@ -41,7 +41,10 @@ pub struct DatabaseSettings {
 
 /// A migrated database and, when we started it, the cluster to stop afterwards.
 pub struct Database {
+    /// Money: every event is written through this pool (durable commits).
     pub pool: PgPool,
+    /// Operational state (leases): commits that do not wait for the WAL flush; connects lazily.
+    pub operational: PgPool,
     pub cluster: Option<EmbeddedCluster>,
 }
 
@@ -63,11 +66,14 @@ impl Database {
         let pool = postgres::connect(&url, postgres::DEFAULT_POOL_SIZE)
             .await
             .context("connecting to the database")?;
-        Ok(Self { pool, cluster })
+        let operational = postgres::connect_operational(&url, postgres::DEFAULT_OPERATIONAL_POOL_SIZE)
+            .context("connecting to the database")?;
+        Ok(Self { pool, operational, cluster })
     }
 
     /// Closes the pool and stops the cluster if this process started it.
     pub async fn close(self) -> anyhow::Result<()> {
+        self.operational.close().await;
         self.pool.close().await;
         if let Some(cluster) = self.cluster.filter(EmbeddedCluster::started_here) {
             cluster.stop().await?;
@@ -88,7 +94,7 @@ pub struct Escrow {
 
 impl Escrow {
     pub fn new(
-        pool: &PgPool,
+        database: &Database,
         metrics: &Metrics,
         config: &Config,
         chain: &ChainSettings,
@@ -107,8 +113,8 @@ impl Escrow {
             claim_log_lookback: crate::escrow::DEFAULT_CLAIM_LOG_LOOKBACK,
             chain_cache_age: crate::escrow::DEFAULT_CHAIN_CACHE_AGE,
         });
-        let ledger = PgLedger::new(pool.clone(), metrics.store.clone());
-        let leases = PgLeases::new(pool.clone(), metrics.store.clone());
+        let ledger = PgLedger::new(database.pool.clone(), metrics.store.clone());
+        let leases = PgLeases::new(database.operational.clone(), metrics.store.clone());
         let channels = Arc::new(
             ChannelSource::new(ledger, reader, escrow_config.clone())
                 .with_metrics(EscrowMetrics::new(&metrics.registry)),
@@ -126,7 +132,7 @@ pub async fn serve(settings: &DatabaseSettings, config: Config) -> anyhow::Resul
     let database = Database::open(settings).await?;
     let metrics = Metrics::new();
     let escrow = match &config.chain {
-        Some(chain) => Some(Escrow::new(&database.pool, &metrics, &config, chain)?),
+        Some(chain) => Some(Escrow::new(&database, &metrics, &config, chain)?),
         None => {
             tracing::warn!(
                 "no chain settings: paid calls are refused until ethereum_rpc_url, mpe_address, group_id, payment_address, price and upstream are given"
@@ -140,10 +146,11 @@ pub async fn serve(settings: &DatabaseSettings, config: Config) -> anyhow::Resul
     tracing::info!(address = %listener.local_addr()?, replica = %config.replica_id, "serving gRPC and HTTP (/healthz, /metrics)");
     let app = public_router(&database.pool, &metrics, &config, escrow.as_ref())?;
     let watcher = escrow.as_ref().map(|escrow| tokio::spawn(watch_claims(escrow.claims.clone())));
+    let head_block = escrow.as_ref().map(|escrow| tokio::spawn(watch_head_block(escrow.channels.clone())));
     let served = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await;
     tracing::info!("shutting down");
-    if let Some(watcher) = watcher {
-        watcher.abort();
+    for task in [watcher, head_block].into_iter().flatten() {
+        task.abort();
     }
     if let Some(escrow) = &escrow {
         match escrow.leases.release_all_of(&config.replica_id).await {
@@ -198,6 +205,30 @@ async fn watch_claims(claims: Arc<ClaimService<EthChain>>) {
             }
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "could not check claims against the chain"),
+        }
+    }
+}
+
+/// Keeps the head block number that payments check expiration against fresh, so that a paid call
+/// never waits for `eth_blockNumber` (see `escrow::head_block`).
+async fn watch_head_block(channels: Arc<ChannelSource<EthChain>>) {
+    let mut ticks = tokio::time::interval(crate::escrow::head_block::HEAD_BLOCK_REFRESH);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        ticks.tick().await;
+        match channels.refresh_head_block().await {
+            Ok(_) if failing => {
+                failing = false;
+                tracing::info!("the head block number can be read again");
+            }
+            Ok(_) => {}
+            // Logged once per outage: payments read the chain themselves meanwhile.
+            Err(error) if !failing => {
+                failing = true;
+                tracing::warn!(%error, "cannot read the head block number");
+            }
+            Err(_) => {}
         }
     }
 }

@@ -4,6 +4,13 @@
 //! anyone after expiry. A holder that lost its lease cannot write: commits check the token in the
 //! same transaction (see `postgres::ledger`). An operator's forced release is recorded as a
 //! `lease released by operator` event on the stream `lease/<channel>`.
+//!
+//! Leases are operational state, not money: acquiring, renewing and releasing are single
+//! statements at READ COMMITTED (one round trip each, no serialization retries, no SSI predicate
+//! locks that could make payments on other channels conflict), and the service runs them on a pool
+//! whose commits do not wait for the WAL flush (`postgres::connect_operational`): a lease lost in a
+//! crash only frees its channel early, and the versioned commit keeps a stale holder out. The lease
+//! taken by a payment is released by the payment's own (durable) commit.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,7 +60,7 @@ impl PgLeases {
         Self { pool, metrics }
     }
 
-    /// Takes the channel's lease if it is free or expired.
+    /// Takes the channel's lease if it is free or expired. One statement, one round trip.
     pub async fn acquire(
         &self,
         channel_id: ChannelId,
@@ -62,97 +69,85 @@ impl PgLeases {
     ) -> Result<Acquisition, StoreError> {
         let token = Uuid::new_v4();
         let id = channel_id.to_string();
-        serializable(&self.pool, &self.metrics, "leases.acquire", |mut tx| {
-            let id = id.clone();
-            Box::pin(async move {
-                let taken = sqlx::query_scalar!(
-                    "INSERT INTO ledger.leases (channel_id, holder, token, acquired_at, expires_at)
-                     VALUES ($1::text::numeric, $2, $3, now(), now() + make_interval(secs => $4::float8))
-                     ON CONFLICT (channel_id) DO UPDATE
-                        SET holder = EXCLUDED.holder, token = EXCLUDED.token,
-                            acquired_at = EXCLUDED.acquired_at, expires_at = EXCLUDED.expires_at
-                        WHERE ledger.leases.expires_at <= now()
-                     RETURNING token",
-                    id,
-                    holder,
-                    token,
-                    ttl.as_secs_f64(),
-                )
-                .fetch_optional(&mut *tx)
-                .await?;
-                if taken.is_some() {
-                    return Ok((
-                        tx,
-                        Acquisition::Acquired(Lease { channel_id, holder: holder.to_owned(), token }),
-                    ));
-                }
-                let held =
-                    lease_rows(&mut tx, Some(channel_id)).await?.into_iter().next().ok_or_else(|| {
-                        StoreError::CorruptLog {
-                            stream: format!("lease/{channel_id}"),
-                            reason: "lease vanished".into(),
-                        }
-                    })?;
-                Ok((tx, Acquisition::HeldBy(held)))
-            })
-        })
-        .await
+        let row = sqlx::query!(
+            r#"WITH taken AS (
+                   INSERT INTO ledger.leases (channel_id, holder, token, acquired_at, expires_at)
+                   VALUES ($1::text::numeric, $2, $3, now(), now() + make_interval(secs => $4::float8))
+                   ON CONFLICT (channel_id) DO UPDATE
+                      SET holder = EXCLUDED.holder, token = EXCLUDED.token,
+                          acquired_at = EXCLUDED.acquired_at, expires_at = EXCLUDED.expires_at
+                      WHERE ledger.leases.expires_at <= now()
+                   RETURNING token
+               )
+               SELECT (SELECT token FROM taken) AS taken, l.holder AS "holder?",
+                      l.acquired_at::text AS "acquired_at?", l.expires_at::text AS "expires_at?",
+                      l.expires_at <= now() AS "expired?"
+               FROM (VALUES (1)) AS one (x)
+               LEFT JOIN ledger.leases l ON l.channel_id = $1::text::numeric"#,
+            id,
+            holder,
+            token,
+            ttl.as_secs_f64(),
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        if row.taken == Some(token) {
+            return Ok(Acquisition::Acquired(Lease { channel_id, holder: holder.to_owned(), token }));
+        }
+        let held = match (row.holder, row.acquired_at, row.expires_at, row.expired) {
+            (Some(holder), Some(acquired_at), Some(expires_at), Some(expired)) => {
+                LeaseInfo { channel_id, holder, acquired_at, expires_at, expired }
+            }
+            // Taken by a writer that committed after this statement's snapshot: read it again.
+            _ => {
+                let mut conn = self.pool.acquire().await?;
+                lease_rows(&mut conn, Some(channel_id)).await?.into_iter().next().unwrap_or(LeaseInfo {
+                    channel_id,
+                    holder: "(released meanwhile)".to_owned(),
+                    acquired_at: String::new(),
+                    expires_at: String::new(),
+                    expired: true,
+                })
+            }
+        };
+        Ok(Acquisition::HeldBy(held))
     }
 
     /// Extends a lease still held by this token; `false` when it was lost.
     pub async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<bool, StoreError> {
-        let id = lease.channel_id.to_string();
-        serializable(&self.pool, &self.metrics, "leases.renew", |mut tx| {
-            let id = id.clone();
-            Box::pin(async move {
-                let renewed = sqlx::query!(
-                    "UPDATE ledger.leases SET expires_at = now() + make_interval(secs => $3::float8)
-                     WHERE channel_id = $1::text::numeric AND token = $2",
-                    id,
-                    lease.token,
-                    ttl.as_secs_f64(),
-                )
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                Ok((tx, renewed == 1))
-            })
-        })
-        .await
+        let renewed = sqlx::query!(
+            "UPDATE ledger.leases SET expires_at = now() + make_interval(secs => $3::float8)
+             WHERE channel_id = $1::text::numeric AND token = $2",
+            lease.channel_id.to_string(),
+            lease.token,
+            ttl.as_secs_f64(),
+        )
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(renewed == 1)
     }
 
     /// Gives a lease back; `false` when it was no longer ours (expired and taken, or released).
     pub async fn release(&self, lease: &Lease) -> Result<bool, StoreError> {
-        let id = lease.channel_id.to_string();
-        serializable(&self.pool, &self.metrics, "leases.release", |mut tx| {
-            let id = id.clone();
-            Box::pin(async move {
-                let released = sqlx::query!(
-                    "DELETE FROM ledger.leases WHERE channel_id = $1::text::numeric AND token = $2",
-                    id,
-                    lease.token
-                )
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                Ok((tx, released == 1))
-            })
-        })
-        .await
+        let released = sqlx::query!(
+            "DELETE FROM ledger.leases WHERE channel_id = $1::text::numeric AND token = $2",
+            lease.channel_id.to_string(),
+            lease.token
+        )
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(released == 1)
     }
 
     /// Releases every lease of one replica (graceful shutdown). Returns how many.
     pub async fn release_all_of(&self, holder: &str) -> Result<u64, StoreError> {
-        serializable(&self.pool, &self.metrics, "leases.release_all", |mut tx| {
-            Box::pin(async move {
-                let released = sqlx::query!("DELETE FROM ledger.leases WHERE holder = $1", holder)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                Ok((tx, released))
-            })
-        })
-        .await
+        let released = sqlx::query!("DELETE FROM ledger.leases WHERE holder = $1", holder)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(released)
     }
 
     pub async fn list(&self) -> Result<Vec<LeaseInfo>, StoreError> {

@@ -113,6 +113,16 @@ pub async fn write_projection(
     )
     .execute(&mut *conn)
     .await?;
+    write_claims(conn, before, after).await
+}
+
+/// Writes every claim of `after` that differs from `before`.
+pub async fn write_claims(
+    conn: &mut PgConnection,
+    before: Option<&ChannelProjection>,
+    after: &ChannelProjection,
+) -> Result<(), StoreError> {
+    let c = &after.channel;
     for claim in after.claims.values() {
         if before.and_then(|b| b.claims.get(&claim.nonce)) == Some(claim) {
             continue;

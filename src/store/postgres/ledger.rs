@@ -1,25 +1,47 @@
 //! The escrow's writes to a channel: one serializable transaction that checks the caller still
 //! holds the channel's lease, checks the channel has not changed since the caller read it (stream
 //! version), applies the events through the fold (so no invariant can be broken), appends them,
-//! updates the projections and releases the lease. A retried payment commit is recognised by
-//! (channel, nonce, amount) and the signer, and counted once (design.md §8).
+//! updates the projections and releases the lease.
+//!
+//! Invariants this module keeps:
+//! - **Nothing counted twice.** A payment commit is recognised by (channel, nonce, amount) and the
+//!   signer recovered from the recorded signature (design.md §8): when the channel is at exactly that
+//!   authorisation the answer is `AlreadyRecorded`; another signer is `ConflictingPayment`; without
+//!   a lease, a stale version makes the log be searched for the payment. A commit retried after its
+//!   first attempt committed unacknowledged (which deleted the lease and moved the version) is
+//!   resolved by asking the server what became of that attempt's transaction (`pg_xact_status`),
+//!   never guessed. With a lease, finding the same payment in the
+//!   log is not enough: after this lease expired, the same signed payment may have paid for another
+//!   call, and this call gets "lost its lease".
+//! - **No false conflicts between channels.** Every read and write of the commit is a lookup on the
+//!   channel's own unique keys (stream head, `channels` row, lease row), sequential scans are off
+//!   for the transaction (`Begin::PointLookups`), and the log is searched by channel only on the
+//!   rare path above; so SSI's predicate locks of two commits on different channels never overlap
+//!   (proved with the retry counter in `tests/payment_load.rs`). Claims are read only when the
+//!   events touch them.
+//! - **Few round trips.** BEGIN, one read, one write statement (head moved, events appended,
+//!   `channels` row written, lease released), COMMIT. The events' hash links are computed here.
+//! - A refusal writes nothing; the retry policy is the caller's (`Retry::Until` for a payment whose
+//!   service ran).
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
 
 use crate::domain::fold::replay;
 use crate::domain::signature::{payment_message, recover_signer};
 use crate::domain::{
-    Amount, ChannelEvent, ChannelId, ChannelProjection, Claim, EthAddress, FoldError, Nonce,
-    PaymentChannelData,
+    Amount, ChannelEvent, ChannelId, ChannelProjection, Claim, EthAddress, Event, FoldError, Nonce,
+    PaymentChannelData, StreamId,
 };
 use crate::store::StoreError;
-use crate::store::channels::PlannedChange;
 use crate::store::leases::Lease;
-use crate::store::retry::{StoreMetrics, serializable};
+use crate::store::retry::{Begin, Retry, StoreMetrics, serializable_with};
 
-use super::channels::{channel_rows, claim_rows, commit_change, load_projection};
+use super::channels::{ChannelRow, channel_rows, claim_rows, load_projection, write_claims};
+use super::log::{StreamHead, chain_links, hash_from_db, version_from_db, version_to_db};
 
 /// Who signed a payment being committed: what makes a retried commit recognisable.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,15 +155,41 @@ impl PgLedger {
         Ok(claims)
     }
 
-    /// Applies one write (module doc). A refusal writes nothing.
+    /// Applies one write (module doc) under the default retry policy. A refusal writes nothing.
     pub async fn commit(&self, commit: ChannelCommit<'_>) -> Result<CommitOutcome, CommitError> {
+        self.commit_with(commit, Retry::default()).await
+    }
+
+    /// Applies one write, retried as `retry` says (a payment whose service ran retries until its
+    /// lease's deadline; its earlier attempt, if it committed unacknowledged, is recognised).
+    pub async fn commit_with(
+        &self,
+        commit: ChannelCommit<'_>,
+        retry: Retry,
+    ) -> Result<CommitOutcome, CommitError> {
         let commit = &commit;
-        serializable(&self.pool, &self.metrics, "ledger.commit", |mut tx| {
+        // The transaction id and outcome of the last attempt that wrote: if its COMMIT went
+        // unacknowledged, the next attempt asks the server what became of it.
+        let in_doubt: &Mutex<Option<(String, CommitOutcome)>> = &Mutex::new(None);
+        serializable_with(&self.pool, &self.metrics, "ledger.commit", Begin::PointLookups, retry, |mut tx| {
             Box::pin(async move {
+                let earlier = in_doubt.lock().unwrap_or_else(|p| p.into_inner()).take();
+                if let Some((transaction_id, outcome)) = earlier
+                    && earlier_attempt_committed(&mut tx, &transaction_id).await?
+                {
+                    return Ok((tx, Ok(outcome)));
+                }
                 match commit_in(&mut tx, commit).await {
+                    Ok((outcome, written_by)) => {
+                        if let Some(transaction_id) = written_by {
+                            *in_doubt.lock().unwrap_or_else(|p| p.into_inner()) =
+                                Some((transaction_id, outcome.clone()));
+                        }
+                        Ok((tx, Ok(outcome)))
+                    }
                     // Database errors go to the retry helper; refusals end the (unwritten) transaction.
                     Err(CommitError::Store(error)) => Err(error),
-                    answer => Ok((tx, answer)),
+                    Err(refusal) => Ok((tx, Err(refusal))),
                 }
             })
         })
@@ -149,45 +197,288 @@ impl PgLedger {
     }
 }
 
+/// Whether the transaction `transaction_id` committed (`pg_xact_status`). One still in progress
+/// (the server has not yet noticed that its connection died) is asked again after a pause, as a
+/// connection failure.
+async fn earlier_attempt_committed(
+    conn: &mut PgConnection,
+    transaction_id: &str,
+) -> Result<bool, StoreError> {
+    let status = sqlx::query_scalar!("SELECT pg_xact_status($1::text::xid8)", transaction_id)
+        .fetch_one(&mut *conn)
+        .await?;
+    tracing::warn!(transaction_id, ?status, "the last commit attempt was not acknowledged");
+    match status.as_deref() {
+        Some("committed") => Ok(true),
+        Some("in progress") => Err(StoreError::Database(sqlx::Error::Protocol(format!(
+            "transaction {transaction_id} of an unacknowledged commit is still in progress"
+        )))),
+        // Aborted, or too old to be known (cannot happen within a lease's lifetime): write again.
+        _ => Ok(false),
+    }
+}
+
+/// One attempt; with the transaction id when it wrote (for an unacknowledged COMMIT).
 async fn commit_in(
     conn: &mut PgConnection,
     commit: &ChannelCommit<'_>,
-) -> Result<CommitOutcome, CommitError> {
+) -> Result<(CommitOutcome, Option<String>), CommitError> {
     let channel_id = commit.channel_id;
-    let id = channel_id.to_string();
-    if let Some(lease) = commit.lease {
-        let holder =
-            sqlx::query_scalar!("SELECT token FROM ledger.leases WHERE channel_id = $1::text::numeric", id)
-                .fetch_optional(&mut *conn)
-                .await?;
-        if holder != Some(lease.token) {
+    let stream = StreamId::Channel(channel_id);
+    let needs_claims = commit.events.iter().any(ChannelEvent::changes_claims);
+    let current = read_current(conn, channel_id, commit.lease.is_some(), needs_claims).await?;
+    let actual = current.head.map_or(0, |head| head.version);
+    let lease_held = commit.lease.is_none_or(|lease| current.lease_token == Some(lease.token));
+    if !lease_held || actual != commit.expected_version {
+        // Without a lease (the generic store), the same payment found in the log is this one. With
+        // a lease it is not: the same signed payment may have paid for another call on another
+        // replica after this lease expired, and answering "recorded" would serve this call for
+        // nothing. (This caller's own unacknowledged commit is recognised by its transaction id.)
+        if commit.lease.is_none()
+            && let Some(payment) = &commit.payment
+            && let Some(outcome) = find_recorded_payment(conn, channel_id, payment).await?
+        {
+            return Ok((outcome, None));
+        }
+        if !lease_held {
             return Err(CommitError::LeaseLost { channel_id });
         }
-    }
-    if let Some(payment) = &commit.payment
-        && let Some(outcome) = find_recorded_payment(conn, channel_id, payment).await?
-    {
-        release(conn, commit.lease).await?;
-        return Ok(outcome);
-    }
-    let current = load_projection(conn, channel_id).await?;
-    let actual = current.as_ref().map_or(0, |(_, version)| *version);
-    if actual != commit.expected_version {
         return Err(CommitError::StaleState { channel_id, expected: commit.expected_version, actual });
     }
-    let before = current.map(|(state, _)| state);
+    if let (Some(payment), Some(before)) = (&commit.payment, &current.projection)
+        && let Some(outcome) = already_authorised(channel_id, &before.channel, payment)?
+    {
+        release(conn, commit.lease).await?;
+        return Ok((outcome, None));
+    }
+    let before = current.projection;
     let after = replay(channel_id, before.clone(), &commit.events)?
         .ok_or(FoldError::ChannelNotOpened { channel_id })?;
-    let head = if commit.events.is_empty() {
-        None
-    } else {
-        Some(
-            commit_change(conn, before.as_ref(), PlannedChange { events: commit.events.clone(), after })
-                .await?,
-        )
+    if commit.events.is_empty() {
+        release(conn, commit.lease).await?;
+        return Ok((CommitOutcome::Recorded { version: actual }, None));
+    }
+    let events: Vec<Event> = commit.events.iter().cloned().map(Event::Channel).collect();
+    let (head, transaction_id) =
+        append_channel_events(conn, &stream, current.head, &events, &after, commit.lease).await?;
+    if needs_claims {
+        write_claims(conn, before.as_ref(), &after).await?;
+    }
+    Ok((CommitOutcome::Recorded { version: head.version }, Some(transaction_id)))
+}
+
+/// The channel's stream head, projection (claims only when asked) and lease token, read with point
+/// lookups on unique keys in one round trip.
+struct Current {
+    head: Option<StreamHead>,
+    projection: Option<ChannelProjection>,
+    lease_token: Option<Uuid>,
+}
+
+async fn read_current(
+    conn: &mut PgConnection,
+    channel_id: ChannelId,
+    with_lease: bool,
+    with_claims: bool,
+) -> Result<Current, StoreError> {
+    let stream = StreamId::Channel(channel_id);
+    let id = channel_id.to_string();
+    let row = sqlx::query!(
+        r#"SELECT s.version AS "version?", s.last_hash AS "last_hash?",
+                  c.nonce::text AS "nonce?", c.state AS "state?", c.sender AS "sender?",
+                  c.recipient AS "recipient?", c.signer AS "signer?", c.group_id AS "group_id?",
+                  c.full_amount::text AS "full_amount?", c.expiration::text AS "expiration?",
+                  c.authorized_amount::text AS "authorized_amount?", c.signature,
+                  c.stream_version AS "channel_version?",
+                  CASE WHEN $3 THEN (SELECT token FROM ledger.leases WHERE channel_id = $2::text::numeric)
+                  END AS lease_token
+           FROM (VALUES (1)) AS one (x)
+           LEFT JOIN ledger.streams s ON s.stream = $1
+           LEFT JOIN ledger.channels c ON c.channel_id = $2::text::numeric"#,
+        stream.to_string(),
+        id,
+        with_lease,
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    let head = match (row.version, row.last_hash) {
+        (Some(version), Some(hash)) => Some(StreamHead {
+            version: version_from_db(&stream, version)?,
+            last_hash: hash_from_db(&stream, &hash)?,
+        }),
+        _ => None,
     };
-    release(conn, commit.lease).await?;
-    Ok(CommitOutcome::Recorded { version: head.map_or(actual, |h| h.version) })
+    let projection = match row.channel_version {
+        None => None,
+        Some(stream_version) => {
+            let missing = || StoreError::CorruptLog {
+                stream: stream.to_string(),
+                reason: "channels row with NULL columns".into(),
+            };
+            let channel = ChannelRow {
+                channel_id: id.clone(),
+                nonce: row.nonce.ok_or_else(missing)?,
+                state: row.state.ok_or_else(missing)?,
+                sender: row.sender.ok_or_else(missing)?,
+                recipient: row.recipient.ok_or_else(missing)?,
+                signer: row.signer.ok_or_else(missing)?,
+                group_id: row.group_id.ok_or_else(missing)?,
+                full_amount: row.full_amount.ok_or_else(missing)?,
+                expiration: row.expiration.ok_or_else(missing)?,
+                authorized_amount: row.authorized_amount.ok_or_else(missing)?,
+                signature: row.signature,
+                stream_version,
+            }
+            .to_domain()?;
+            if head.map(|h| h.version) != Some(version_from_db(&stream, stream_version)?) {
+                return Err(StoreError::CorruptLog {
+                    stream: stream.to_string(),
+                    reason: format!(
+                        "projection at version {stream_version}, stream head at {:?}",
+                        row.version
+                    ),
+                });
+            }
+            let mut claims = BTreeMap::new();
+            if with_claims {
+                for row in claim_rows(conn, Some(channel_id)).await? {
+                    let claim = row.to_domain()?;
+                    claims.insert(claim.nonce, claim);
+                }
+            }
+            Some(ChannelProjection { channel, claims })
+        }
+    };
+    Ok(Current { head, projection, lease_token: row.lease_token })
+}
+
+/// The stream head moved, the events appended, the `channels` row written and the lease released,
+/// in one statement (one round trip). Claims are written by the caller when they changed.
+async fn append_channel_events(
+    conn: &mut PgConnection,
+    stream: &StreamId,
+    head: Option<StreamHead>,
+    events: &[Event],
+    after: &ChannelProjection,
+    lease: Option<&Lease>,
+) -> Result<(StreamHead, String), StoreError> {
+    let links = chain_links(stream, head, events);
+    let new_head = links.last().map(|link| StreamHead { version: link.version, last_hash: link.hash });
+    let new_head = new_head.expect("at least one event");
+    let mut versions = Vec::with_capacity(events.len());
+    let mut types = Vec::with_capacity(events.len());
+    let mut payloads = Vec::with_capacity(events.len());
+    let mut nonces = Vec::with_capacity(events.len());
+    let mut amounts = Vec::with_capacity(events.len());
+    let mut signatures = Vec::with_capacity(events.len());
+    let mut prev_hashes = Vec::with_capacity(events.len());
+    let mut hashes = Vec::with_capacity(events.len());
+    for (event, link) in events.iter().zip(&links) {
+        let (nonce, amount, signature) = event.amount_columns();
+        versions.push(version_to_db(link.version));
+        types.push(event.event_type().to_owned());
+        payloads.push(event.to_json().to_string());
+        nonces.push(nonce.map(|n| n.to_string()));
+        amounts.push(amount.map(|a| a.to_string()));
+        signatures.push(signature.map(|s| s.as_bytes().to_vec()));
+        prev_hashes.push(link.prev_hash.to_vec());
+        hashes.push(link.hash.to_vec());
+    }
+    let c = &after.channel;
+    let expected = version_to_db(head.map_or(0, |h| h.version));
+    let row = sqlx::query!(
+        r#"WITH moved AS (
+               UPDATE ledger.streams SET version = $2, last_hash = $3
+               WHERE stream = $1 AND version = $4
+               RETURNING version
+           ), created AS (
+               INSERT INTO ledger.streams (stream, version, last_hash)
+               SELECT $1, $2, $3 WHERE $4 = 0
+               RETURNING version
+           ), head AS (
+               SELECT version FROM moved UNION ALL SELECT version FROM created
+           ), appended AS (
+               INSERT INTO ledger.events (stream, stream_version, event_type, payload, channel_id, nonce,
+                                          amount, signature, prev_hash, hash)
+               SELECT $1, e.stream_version, e.event_type, e.payload::jsonb, $5::text::numeric,
+                      e.nonce::numeric, e.amount::numeric, e.signature, e.prev_hash, e.hash
+               FROM unnest($6::bigint[], $7::text[], $8::text[], $9::text[], $10::text[], $11::bytea[],
+                           $12::bytea[], $13::bytea[])
+                    AS e (stream_version, event_type, payload, nonce, amount, signature, prev_hash, hash)
+               WHERE EXISTS (SELECT FROM head)
+               RETURNING 1
+           ), opened AS (
+               INSERT INTO ledger.channels (channel_id, nonce, state, sender, recipient, signer, group_id,
+                                            full_amount, expiration, authorized_amount, signature,
+                                            stream_version)
+               SELECT $5::text::numeric, $14::text::numeric, $15, $16, $17, $18, $19, $20::text::numeric,
+                      $21::text::numeric, $22::text::numeric, $23, $2
+               WHERE $4 = 0 AND EXISTS (SELECT FROM head)
+               RETURNING 1
+           ), changed AS (
+               UPDATE ledger.channels SET nonce = $14::text::numeric, state = $15, sender = $16,
+                      recipient = $17, signer = $18, group_id = $19, full_amount = $20::text::numeric,
+                      expiration = $21::text::numeric, authorized_amount = $22::text::numeric,
+                      signature = $23, stream_version = $2
+               WHERE channel_id = $5::text::numeric AND $4 > 0 AND EXISTS (SELECT FROM head)
+               RETURNING 1
+           ), released AS (
+               DELETE FROM ledger.leases
+               WHERE channel_id = $5::text::numeric AND token = $24 AND EXISTS (SELECT FROM head)
+               RETURNING 1
+           )
+           SELECT (SELECT count(*) FROM head) AS "moved!",
+                  (SELECT count(*) FROM appended) AS "appended!",
+                  (SELECT count(*) FROM opened) + (SELECT count(*) FROM changed) AS "projected!",
+                  (SELECT count(*) FROM released) AS "released!",
+                  pg_current_xact_id()::text AS "transaction_id!""#,
+        stream.to_string(),
+        version_to_db(new_head.version),
+        &new_head.last_hash[..],
+        expected,
+        c.channel_id.to_string(),
+        &versions,
+        &types,
+        &payloads,
+        &nonces as &[Option<String>],
+        &amounts as &[Option<String>],
+        &signatures as &[Option<Vec<u8>>],
+        &prev_hashes,
+        &hashes,
+        c.nonce.to_string(),
+        c.state.as_str(),
+        c.sender.as_bytes().as_slice(),
+        c.recipient.as_bytes().as_slice(),
+        c.signer.as_bytes().as_slice(),
+        &c.group_id.0[..],
+        c.full_amount.to_string(),
+        c.expiration.to_string(),
+        c.authorized_amount.to_string(),
+        c.signature.as_ref().map(|s| s.as_bytes()),
+        lease.map(|lease| lease.token),
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    let complete = row.moved == 1
+        && row.appended == events.len() as i64
+        && row.projected == 1
+        && row.released == i64::from(lease.is_some());
+    if !complete {
+        // Serializable isolation reports concurrent writers as 40001 first, and the head was read in
+        // this transaction: reaching this means a bug or a manual edit.
+        return Err(StoreError::CorruptLog {
+            stream: stream.to_string(),
+            reason: format!(
+                "commit at version {expected} moved {} head(s), appended {} of {} event(s), wrote {} projection(s), released {} lease(s)",
+                row.moved,
+                row.appended,
+                events.len(),
+                row.projected,
+                row.released
+            ),
+        });
+    }
+    Ok((new_head, row.transaction_id))
 }
 
 async fn release(conn: &mut PgConnection, lease: Option<&Lease>) -> Result<(), CommitError> {
@@ -201,6 +492,38 @@ async fn release(conn: &mut PgConnection, lease: Option<&Lease>) -> Result<(), C
         .await?;
     }
     Ok(())
+}
+
+/// The payment is the channel's current authorisation already (same nonce and amount): the same
+/// signer means it is this payment, recorded; another signer is a conflict. Pure: the state was read
+/// in the transaction.
+fn already_authorised(
+    channel_id: ChannelId,
+    channel: &PaymentChannelData,
+    payment: &PaymentIdentity,
+) -> Result<Option<CommitOutcome>, CommitError> {
+    let Some(signature) = &channel.signature else { return Ok(None) };
+    if channel.nonce != payment.nonce || channel.authorized_amount != payment.amount {
+        return Ok(None);
+    }
+    let message = payment_message(&payment.mpe, channel_id, payment.nonce, payment.amount);
+    let recorded_signer = recover_signer(&message, signature.as_bytes()).map_err(|e| {
+        CommitError::Store(StoreError::CorruptLog {
+            stream: format!("channel/{channel_id}"),
+            reason: format!("recorded payment signature does not recover: {e}"),
+        })
+    })?;
+    if recorded_signer == payment.signer {
+        Ok(Some(CommitOutcome::AlreadyRecorded))
+    } else {
+        Err(CommitError::ConflictingPayment {
+            channel_id,
+            nonce: payment.nonce,
+            amount: payment.amount,
+            recorded_signer,
+            signer: payment.signer,
+        })
+    }
 }
 
 /// A payment with the same (channel, nonce, amount) already in the log: the same signer means the

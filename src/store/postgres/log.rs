@@ -33,6 +33,29 @@ pub async fn stream_head(
     .transpose()
 }
 
+/// Where one event goes in its stream: its version and its hash link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainLink {
+    pub prev_hash: [u8; 32],
+    pub version: u64,
+    pub hash: [u8; 32],
+}
+
+/// The versions and hash links of `events` appended after `head` (`None` for a new stream).
+pub fn chain_links(stream: &StreamId, head: Option<StreamHead>, events: &[Event]) -> Vec<ChainLink> {
+    let mut current = head.unwrap_or(StreamHead { version: 0, last_hash: GENESIS_HASH });
+    events
+        .iter()
+        .map(|event| {
+            let version = current.version + 1;
+            let hash = chain_hash(&current.last_hash, stream, version, event);
+            let link = ChainLink { prev_hash: current.last_hash, version, hash };
+            current = StreamHead { version, last_hash: hash };
+            link
+        })
+        .collect()
+}
+
 /// Appends `events` after `head` (`None` for a new stream) and returns the new head.
 pub async fn append(
     conn: &mut PgConnection,
@@ -41,17 +64,9 @@ pub async fn append(
     events: &[Event],
 ) -> Result<StreamHead, StoreError> {
     let start = head.unwrap_or(StreamHead { version: 0, last_hash: GENESIS_HASH });
-    let mut links = Vec::with_capacity(events.len());
-    let mut current = start;
-    for event in events {
-        let version = current.version + 1;
-        let hash = chain_hash(&current.last_hash, stream, version, event);
-        links.push((current.last_hash, version, hash));
-        current = StreamHead { version, last_hash: hash };
-    }
-    if events.is_empty() {
-        return Ok(start);
-    }
+    let links = chain_links(stream, head, events);
+    let Some(last) = links.last() else { return Ok(start) };
+    let current = StreamHead { version: last.version, last_hash: last.hash };
     let stream_text = stream.to_string();
     let moved = match head {
         Some(head) => sqlx::query!(
@@ -86,7 +101,7 @@ pub async fn append(
         StreamId::Channel(id) | StreamId::Lease(id) => Some(id.to_string()),
         StreamId::Kv(_) => None,
     };
-    for (event, (prev_hash, version, hash)) in events.iter().zip(links) {
+    for (event, ChainLink { prev_hash, version, hash }) in events.iter().zip(links) {
         let (nonce, amount, signature) = event.amount_columns();
         sqlx::query!(
             "INSERT INTO ledger.events

@@ -27,6 +27,8 @@ pub const WRITER_ROLE: &str = "mpe_ledger_writer";
 pub const OWNER_ROLE: &str = "mpe_ledger_owner";
 /// Connections per pool unless configured otherwise.
 pub const DEFAULT_POOL_SIZE: u32 = 16;
+/// Connections of the operational pool (leases): single short statements, no fsync wait.
+pub const DEFAULT_OPERATIONAL_POOL_SIZE: u32 = 8;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The service's pool: every session runs as [`WRITER_ROLE`].
@@ -43,6 +45,25 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreErr
         })
         .connect_with(options)
         .await?;
+    Ok(pool)
+}
+
+/// The pool for operational state (leases, see `store::leases`): sessions run as [`WRITER_ROLE`]
+/// with `synchronous_commit = off`, so a lease write does not wait for the WAL flush. Never used for
+/// money: payments, claims and merges commit on the [`connect`] pool.
+/// Connects lazily: a command that never touches a lease opens no connection.
+pub fn connect_operational(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
+    let options: PgConnectOptions = url.parse()?;
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                conn.execute("SET ROLE mpe_ledger_writer; SET synchronous_commit = off").await?;
+                Ok(())
+            })
+        })
+        .connect_lazy_with(options);
     Ok(pool)
 }
 
