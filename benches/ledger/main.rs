@@ -61,6 +61,9 @@ pub struct Sizes {
     pub latency: Timing,
     pub small_log: u64,
     pub big_log: u64,
+    /// The least calls/s assumed when sizing the payments signed ahead (more clients may go faster
+    /// than any phase seen so far; a client that runs out stops and is reported).
+    pub rate_floor: f64,
 }
 
 impl Sizes {
@@ -81,6 +84,7 @@ impl Sizes {
             latency: ten,
             small_log: 10_000,
             big_log: 2_000_000,
+            rate_floor: 1500.0,
         }
     }
 
@@ -102,6 +106,7 @@ impl Sizes {
             latency: shorter,
             small_log: 10_000,
             big_log: 50_000,
+            rate_floor: 500.0,
         }
     }
 }

@@ -115,8 +115,8 @@ pub struct Point {
     pub p99_ms: f64,
 }
 
-/// Two panels: calls/s against clients (paid and direct), and paid p99 against clients; the
-/// clients axis is logarithmic (base 2).
+/// Two panels: calls/s against clients (paid and direct, log scale: direct is orders of magnitude
+/// faster), and paid p99 against clients; the clients axis is logarithmic (base 2).
 pub fn chart(path: &Path, paid: &[Point], direct: &[Point]) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
@@ -126,20 +126,23 @@ pub fn chart(path: &Path, paid: &[Point], direct: &[Point]) -> Result<(), Box<dy
     let (left, right) = root.split_horizontally(500);
     let max_clients = paid.iter().chain(direct).map(|p| p.clients).max().unwrap_or(1) as f64;
     let x_range = 0f64..max_clients.log2().max(1.0) + 0.3;
+    // One label per power of two.
+    let x_labels = max_clients.log2().max(1.0) as usize + 1;
     let x = |p: &Point| (p.clients as f64).log2();
     let clients_label = |v: &f64| format!("{}", 2f64.powf(*v).round());
 
-    let top = paid.iter().chain(direct).map(|p| p.per_second).fold(1.0, f64::max) * 1.15;
+    let top = paid.iter().chain(direct).map(|p| p.per_second).fold(10.0, f64::max) * 2.0;
     let mut throughput = ChartBuilder::on(&left)
         .caption("end-to-end calls/s", ("sans-serif", 18))
         .margin(12)
         .x_label_area_size(35)
         .y_label_area_size(60)
-        .build_cartesian_2d(x_range.clone(), 0f64..top)?;
+        .build_cartesian_2d(x_range.clone(), (1f64..top).log_scale())?;
     throughput
         .configure_mesh()
         .x_desc("clients")
-        .y_desc("calls/s")
+        .y_desc("calls/s (log scale)")
+        .x_labels(x_labels)
         .x_label_formatter(&clients_label)
         .draw()?;
     for (points, color, label) in
@@ -165,7 +168,13 @@ pub fn chart(path: &Path, paid: &[Point], direct: &[Point]) -> Result<(), Box<dy
         .x_label_area_size(35)
         .y_label_area_size(60)
         .build_cartesian_2d(x_range, 0f64..top)?;
-    latency.configure_mesh().x_desc("clients").y_desc("p99 ms").x_label_formatter(&clients_label).draw()?;
+    latency
+        .configure_mesh()
+        .x_desc("clients")
+        .y_desc("p99 ms")
+        .x_labels(x_labels)
+        .x_label_formatter(&clients_label)
+        .draw()?;
     latency.draw_series(LineSeries::new(finite.iter().map(|p| (x(p), p.p99_ms)), RED.stroke_width(2)))?;
     latency.draw_series(finite.iter().map(|p| Circle::new((x(p), p.p99_ms), 3, RED.filled())))?;
     root.present()?;

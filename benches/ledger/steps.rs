@@ -22,8 +22,6 @@ use crate::wallet::Wallet;
 
 /// Free disk below which the big log is skipped.
 const MIN_FREE_DISK_GIB: f64 = 8.0;
-/// Throughput assumed before any phase has shown one, to size the presigned payments.
-const FIRST_RATE_GUESS: f64 = 1500.0;
 
 /// Everything the steps share.
 pub struct Bench {
@@ -69,10 +67,11 @@ pub fn pgbench_rows(report: &mut Report, baseline: &Baseline, sizes: &Sizes) {
 }
 
 impl Bench {
-    /// Payments to sign for each of `clients` in a phase of `timing`: twice the best rate seen.
+    /// Payments to sign for each of `clients` in a phase of `timing`: twice the best rate seen (at
+    /// least `Sizes::rate_floor`) over the whole phase, shared by the clients.
     fn budget(&self, clients: usize, timing: Timing) -> usize {
         let seconds = (timing.warmup + timing.window).as_secs_f64();
-        (2.0 * self.best_rate.max(FIRST_RATE_GUESS / 3.0) * seconds / clients as f64) as usize + 50
+        (2.0 * self.best_rate.max(self.sizes.rate_floor) * seconds / clients as f64) as usize + 50
     }
 
     async fn paid(&mut self, clients: usize, timing: Timing) -> PaidPhase {
@@ -92,7 +91,6 @@ impl Bench {
 
     /// Step 2: paid calls through serve at each client count, then the same calls direct.
     pub async fn end_to_end(&mut self, upstream_port: u16) {
-        self.best_rate = FIRST_RATE_GUESS / 3.0;
         let mut paid_p50_at_one = None;
         for clients in self.sizes.paid_clients.clone() {
             let phase = self.paid(clients, self.sizes.paid).await;

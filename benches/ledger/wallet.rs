@@ -123,33 +123,44 @@ impl Wallet {
         self.slots.len()
     }
 
-    /// Signs `per_client` payments for each of the first `clients` channels, on every core.
+    /// Signs `per_client` payments for each of the first `clients` channels, on every core (the
+    /// work is split over every (channel, k) pair, so one client's payments use every core too).
     pub fn presign(&self, clients: usize, per_client: usize) -> Vec<Presigned> {
         assert!(clients <= self.slots.len(), "{clients} clients but {} channels", self.slots.len());
-        let threads = std::thread::available_parallelism().map_or(1, usize::from).min(clients.max(1));
-        let slots = &self.slots[..clients];
-        let chunk = slots.len().div_ceil(threads).max(1);
-        std::thread::scope(|scope| {
-            let workers: Vec<_> = slots
+        let threads = std::thread::available_parallelism().map_or(1, usize::from);
+        let jobs: Vec<(usize, u64)> = self.slots[..clients]
+            .iter()
+            .enumerate()
+            .flat_map(|(index, slot)| (slot.next..slot.next + per_client as u64).map(move |k| (index, k)))
+            .collect();
+        let chunk = jobs.len().div_ceil(threads).max(1);
+        let signed: Vec<Signature> = std::thread::scope(|scope| {
+            let workers: Vec<_> = jobs
                 .chunks(chunk)
                 .map(|part| {
                     scope.spawn(move || {
-                        part.iter().map(|slot| self.sign_ahead(slot, per_client)).collect::<Vec<_>>()
+                        part.iter().map(|&(index, k)| self.sign(&self.slots[index], k)).collect::<Vec<_>>()
                     })
                 })
                 .collect();
-            workers.into_iter().flat_map(|w| w.join().expect("signing does not panic")).collect::<Vec<_>>()
-        })
+            workers.into_iter().flat_map(|w| w.join().expect("signing does not panic")).collect()
+        });
+        let mut signed = signed.into_iter();
+        self.slots[..clients]
+            .iter()
+            .map(|slot| Presigned {
+                channel: slot.id,
+                price: self.price,
+                first: slot.next,
+                next: slot.next,
+                signatures: signed.by_ref().take(per_client).collect(),
+            })
+            .collect()
     }
 
-    fn sign_ahead(&self, slot: &Slot, count: usize) -> Presigned {
-        let signatures = (slot.next..slot.next + count as u64)
-            .map(|k| {
-                let message = payment_message(&self.mpe, slot.id, Nonce::ZERO, Amount::from(self.price * k));
-                sign(&message, &slot.key.0)
-            })
-            .collect();
-        Presigned { channel: slot.id, price: self.price, first: slot.next, next: slot.next, signatures }
+    fn sign(&self, slot: &Slot, k: u64) -> Signature {
+        let message = payment_message(&self.mpe, slot.id, Nonce::ZERO, Amount::from(self.price * k));
+        sign(&message, &slot.key.0)
     }
 
     /// Takes the counters back after a phase.
