@@ -9,6 +9,7 @@
 pub mod contract;
 pub mod e2e;
 pub mod ganache;
+pub mod pg_proxy;
 pub mod upstream;
 
 use std::path::PathBuf;
