@@ -5,9 +5,9 @@
 //!
 //! Steps: (1) pgbench baseline ([`pgbench`]); (2) paid calls end to end through `serve` at growing
 //! client counts, and the same calls straight to the upstream ([`load`]); (3) payment commits
-//! through the library, no network ([`store`]); (4) a big valid log loaded with COPY, `rebuild`, and
-//! paid latency on a small and on a big log ([`filler`]); (5) bytes per event and serve's peak RSS.
-//! The table and the chart come from [`report`].
+//! through the library, no network ([`store`]); (4) paid latency on a small log (topped up with
+//! filler before step 2) and on a big valid log loaded with COPY, and `rebuild` ([`filler`]);
+//! (5) bytes per event and serve's peak RSS. The table and the chart come from [`report`].
 //!
 //! With `--bench` (what `cargo bench` passes) the run is FULL; without it (as `cargo test
 //! --all-targets` runs bench targets) or with `MPE_LEDGER_BENCH_QUICK=1` it is QUICK: the same
@@ -186,7 +186,9 @@ async fn main() {
         paid_points: Vec::new(),
         direct_points: Vec::new(),
         best_rate: 0.0,
+        filler: filler::Filler::new(),
     };
+    bench.small_log().await;
     bench.end_to_end(upstream_port(&upstream)).await;
 
     // 3. Store level, no network.

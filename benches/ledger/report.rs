@@ -67,7 +67,14 @@ impl Report {
         }
         let _ = writeln!(out, "- reference: pgbench `-N` at 16 clients = {:.1} tps\n", self.reference_tps);
         out.push_str("| step | figure | value | vs pgbench -N |\n|---|---|---|---|\n");
-        for row in &self.rows {
+        // Steps in their order (a step may add rows late: the small-log latency runs before step 2).
+        let mut rows: Vec<&Row> = self.rows.iter().collect();
+        rows.sort_by_key(|row| match row.step.chars().next() {
+            Some(digit @ '0'..='9') => digit.to_digit(10).unwrap_or(0),
+            _ if row.step == "setup" => 0,
+            _ => 10,
+        });
+        for row in rows {
             let ratio = match row.per_second {
                 Some(value) if self.reference_tps > 0.0 => format!("{:.2}×", value / self.reference_tps),
                 _ => String::new(),
