@@ -43,6 +43,10 @@ use wallet::Wallet;
 pub const PRICE: u64 = 1;
 /// The ledger's database in the bench cluster.
 const LEDGER_DB: &str = "ledger";
+/// Longest a quick run may take (it takes well under a minute) before it fails as hung.
+const QUICK_RUN_LIMIT: Duration = Duration::from_secs(300);
+/// Longest a full run may take.
+const FULL_RUN_LIMIT: Duration = Duration::from_secs(3600);
 
 /// How big each step is.
 #[derive(Debug, Clone)]
@@ -133,7 +137,6 @@ async fn main() {
     } else {
         Sizes::quick()
     };
-    let started = std::time::Instant::now();
     let mode = if sizes.full { "full" } else { "quick" };
     eprintln!("mpe-ledger bench, {mode} mode");
 
@@ -142,15 +145,26 @@ async fn main() {
         .await
         .expect("the bench cluster starts (is the postgresql package installed?)");
     let guard = ClusterGuard { cluster, _dir: dir };
-    let cluster = &guard.cluster;
+    // A hung step (a receipt that never comes, a stuck client) must fail the run, not CI's clock:
+    // dropping the run stops serve and ganache, and the guard stops the cluster.
+    let limit = if sizes.full { FULL_RUN_LIMIT } else { QUICK_RUN_LIMIT };
+    match tokio::time::timeout(limit, run(&guard.cluster, &sizes)).await {
+        Ok(()) => guard.cluster.stop().await.expect("the bench cluster stops"),
+        Err(_) => panic!("the {mode} bench did not finish within {limit:?}"),
+    }
+}
 
+/// Every step, on the bench's cluster.
+async fn run(cluster: &EmbeddedCluster, sizes: &Sizes) {
+    let started = std::time::Instant::now();
     // 1. pgbench on the same cluster: the reference.
     let baseline = pgbench::baseline(cluster, sizes.pgbench_scale, sizes.pgbench_seconds).await;
     let mut report = Report::new(baseline.reference_tps);
-    header(&mut report, cluster, &sizes).await;
-    steps::pgbench_rows(&mut report, &baseline, &sizes);
+    header(&mut report, cluster, sizes).await;
+    steps::pgbench_rows(&mut report, &baseline, sizes);
 
     // 2. The chain, the upstream, serve.
+    eprintln!("ganache: start, deploy the MPE, open {} channels", sizes.channels);
     let ganache = Ganache::start().await;
     let mpe = Mpe::deploy(&ganache).await;
     let provider = ganache.account(9).clone();
@@ -158,8 +172,9 @@ async fn main() {
     report.figure(
         "setup",
         "channels opened on ganache",
-        format!("{} in {:.1} s ({} sender accounts)", wallet.len(), opening.as_secs_f64(), 8),
+        format!("{} in {:.1} s ({} sender accounts)", wallet.len(), opening.as_secs_f64(), wallet::SENDERS),
     );
+    eprintln!("serve: migrate and start");
     cluster.create_database_if_missing(LEDGER_DB).await.expect("the ledger database");
     let owner_url = cluster.url(LEDGER_DB);
     postgres::migrate(&owner_url).await.expect("migrations apply");
@@ -194,7 +209,7 @@ async fn main() {
     // 3. Store level, no network.
     bench.store_level(ganache.url(), mpe.eth_address(), provider.eth_address()).await;
 
-    // 4. and 5. The big log, rebuild, latency on a small and a big log, bytes per event.
+    // 4. and 5. The big log, rebuild, latency on the big log, bytes per event, serve's memory.
     bench.big_log().await;
     match ledger.pid().and_then(metrics::peak_rss_mib) {
         Some(mib) => bench.report.figure("serve", "peak RSS of serve (VmHWM)", format!("{mib:.1} MiB")),
@@ -217,11 +232,7 @@ async fn main() {
     report::write(&table_path, &markdown)
         .unwrap_or_else(|e| panic!("cannot write the table to {}: {e}", table_path.display()));
     eprintln!("table: {}\nchart: {}", table_path.display(), chart_path.display());
-
     assert!(ledger.stop(), "serve did not stop cleanly:\n{}", ledger.log());
-    drop(upstream);
-    drop(ganache);
-    guard.cluster.stop().await.expect("the bench cluster stops");
 }
 
 async fn header(report: &mut Report, cluster: &EmbeddedCluster, sizes: &Sizes) {

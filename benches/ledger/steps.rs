@@ -180,6 +180,11 @@ impl Bench {
             );
         }
         replica.pool.close().await;
+        replica.operational.close().await;
+        self.report.note(format!(
+            "Store level: PaymentService wired as serve wires it; pools of {most} (payments) and {} (leases) connections.",
+            postgres::DEFAULT_OPERATIONAL_POOL_SIZE
+        ));
     }
 
     /// Step 4, first half: the log topped up with filler to `small_log` events, and paid latency

@@ -9,6 +9,7 @@ use mpe_ledger::chain::EthChain;
 use mpe_ledger::domain::payment::{Payment, Pricing};
 use mpe_ledger::domain::{Amount, EthAddress, GroupId, Nonce};
 use mpe_ledger::escrow::channels::ChannelSource;
+use mpe_ledger::escrow::metrics::EscrowMetrics;
 use mpe_ledger::escrow::payments::PaymentService;
 use mpe_ledger::escrow::{self, EscrowConfig};
 use mpe_ledger::store::leases::PgLeases;
@@ -26,11 +27,14 @@ pub struct StoreReplica {
     pub payments: Arc<PaymentService<EthChain>>,
     pub metrics: Metrics,
     pub pool: PgPool,
+    /// The leases' pool (commits without waiting for the WAL flush), as `serve` has it.
+    pub operational: PgPool,
     mpe: EthAddress,
 }
 
 impl StoreReplica {
-    /// Connects a pool of `pool_size` to the (migrated) database at `url` and wires the escrow.
+    /// Connects a pool of `pool_size` (and an operational pool of serve's default size) to the
+    /// (migrated) database at `url` and wires the escrow.
     pub async fn connect(
         url: &str,
         pool_size: u32,
@@ -39,6 +43,8 @@ impl StoreReplica {
         provider: EthAddress,
     ) -> Self {
         let pool = postgres::connect(url, pool_size).await.expect("the store's pool connects");
+        let operational = postgres::connect_operational(url, postgres::DEFAULT_OPERATIONAL_POOL_SIZE)
+            .expect("the store's operational pool");
         let metrics = Metrics::new();
         let config = Arc::new(EscrowConfig {
             mpe,
@@ -54,10 +60,13 @@ impl StoreReplica {
         });
         let chain = EthChain::connect(rpc_url, mpe).expect("a valid ganache URL");
         let ledger = PgLedger::new(pool.clone(), metrics.store.clone());
-        let channels = Arc::new(ChannelSource::new(ledger, chain, config.clone()));
-        let leases = PgLeases::new(pool.clone(), metrics.store.clone());
+        let channels = Arc::new(
+            ChannelSource::new(ledger, chain, config.clone())
+                .with_metrics(EscrowMetrics::new(&metrics.registry)),
+        );
+        let leases = PgLeases::new(operational.clone(), metrics.store.clone());
         let payments = Arc::new(PaymentService::new(channels, leases, config));
-        Self { payments, metrics, pool, mpe }
+        Self { payments, metrics, pool, operational, mpe }
     }
 
     /// `writers` concurrent writers, writer `i` on `presigned[i]`; returns the summary, the

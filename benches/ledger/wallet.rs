@@ -24,8 +24,10 @@ pub const CHANNEL_VALUE: u64 = 1_000_000_000_000;
 /// Blocks until the channels expire: they never do during a run.
 const EXPIRY_BLOCKS: u64 = 1_000_000_000;
 /// Accounts 1..=SENDERS open channels; account 0 deploys, the last one is the provider.
-const SENDERS: usize = 8;
+pub const SENDERS: usize = 8;
 pub const GROUP_ID: [u8; 32] = [7; 32];
+/// How long one openChannel may wait for its receipt before it is sent again.
+const RECEIPT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One client's channel and its counter.
 #[derive(Debug, Clone)]
@@ -80,7 +82,7 @@ impl Presigned {
 }
 
 impl Wallet {
-    /// Deploys nothing: opens `count` channels on `mpe` to `provider`, signed by their senders.
+    /// Opens `count` channels on `mpe` to `provider`, each signed by its sender.
     /// Returns the wallet and how long the opening took.
     pub async fn open(
         ganache: &Ganache,
@@ -95,7 +97,8 @@ impl Wallet {
         let per_sender = count.div_ceil(SENDERS) as u64;
         // Minting is sent from the deployer: one after the other, or its nonces collide.
         for sender in senders.iter().take(count) {
-            mpe.mint_and_deposit(sender, CHANNEL_VALUE * per_sender).await;
+            // Two channels of headroom: a retried openChannel may have opened one already.
+            mpe.mint_and_deposit(sender, CHANNEL_VALUE * (per_sender + 2)).await;
         }
         let opened = futures::future::join_all(senders.iter().enumerate().map(|(s, sender)| async move {
             let mine: Vec<usize> = (s..count).step_by(SENDERS).collect();
@@ -104,9 +107,20 @@ impl Wallet {
             }
             let mut ids = Vec::new();
             for index in mine {
-                let id = mpe
-                    .open_channel(sender, sender.address, provider.0, GROUP_ID, CHANNEL_VALUE, expiration)
-                    .await;
+                let open = || {
+                    mpe.open_channel(sender, sender.address, provider.0, GROUP_ID, CHANNEL_VALUE, expiration)
+                };
+                // A receipt that never arrives (seen once under heavy load) costs one retry, not the run.
+                let id = match tokio::time::timeout(RECEIPT_TIMEOUT, open()).await {
+                    Ok(id) => id,
+                    Err(_) => {
+                        eprintln!(
+                            "openChannel from {} got no receipt in {RECEIPT_TIMEOUT:?}; retrying",
+                            sender.address
+                        );
+                        open().await
+                    }
+                };
                 ids.push((index, Slot { id, key: sender.key, next: 1 }));
             }
             ids
