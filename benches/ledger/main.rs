@@ -145,12 +145,28 @@ async fn main() {
         .await
         .expect("the bench cluster starts (is the postgresql package installed?)");
     let guard = ClusterGuard { cluster, _dir: dir };
-    // A hung step (a receipt that never comes, a stuck client) must fail the run, not CI's clock:
-    // dropping the run stops serve and ganache, and the guard stops the cluster.
+    // A hung step (a receipt that never comes, a stuck client) must fail the run, not CI's clock,
+    // and an interrupted run (Ctrl-C, `timeout`) must not leave its cluster behind: dropping the
+    // run stops serve and ganache, and the guard stops the cluster (pg_ctl daemonises it, so the
+    // signal never reaches it).
     let limit = if sizes.full { FULL_RUN_LIMIT } else { QUICK_RUN_LIMIT };
-    match tokio::time::timeout(limit, run(&guard.cluster, &sizes)).await {
-        Ok(()) => guard.cluster.stop().await.expect("the bench cluster stops"),
-        Err(_) => panic!("the {mode} bench did not finish within {limit:?}"),
+    tokio::select! {
+        finished = tokio::time::timeout(limit, run(&guard.cluster, &sizes)) => match finished {
+            Ok(()) => guard.cluster.stop().await.expect("the bench cluster stops"),
+            Err(_) => panic!("the {mode} bench did not finish within {limit:?}"),
+        },
+        signal = interrupted() => panic!("the {mode} bench was interrupted by {signal}"),
+    }
+}
+
+/// The first SIGINT or SIGTERM.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = interrupt.recv() => "SIGINT",
+        _ = terminate.recv() => "SIGTERM",
     }
 }
 
