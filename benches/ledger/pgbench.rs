@@ -60,7 +60,7 @@ pub fn binary() -> Option<PathBuf> {
 /// Initialises and runs the three scripts for `seconds` each.
 pub async fn baseline(cluster: &EmbeddedCluster, scale: u32, seconds: u64) -> Baseline {
     let pgbench =
-        binary().expect("pgbench is installed (Debian package postgresql-client or postgresql-contrib)");
+        binary().expect("pgbench is installed (it comes with the Debian package postgresql, as initdb does)");
     let connection = Pgbench::of(cluster);
     cluster.create_database_if_missing("pgbench").await.expect("database pgbench");
     cluster.create_database_if_missing("pgbench_ledger").await.expect("database pgbench_ledger");
