@@ -179,7 +179,7 @@ async fn a_served_call_whose_commit_acknowledgement_is_lost_is_recorded_once() {
 
     assert!(outcome.is_ok(), "a recorded payment is answered as recorded: {outcome:?}");
     assert_eq!(proxy.lost_commit_replies(), 1, "the fault happened");
-    assert_eq!(metrics.connection_retries.with_label_values(&["ledger.commit"]).get(), 1);
+    assert_eq!(metrics.connection_retries.with_label_values(&["ledger.commit_batch"]).get(), 1);
     assert_eq!(world.payment_events().await, before + 1, "recorded exactly once");
     let leases: i64 =
         sqlx::query_scalar("SELECT count(*) FROM ledger.leases").fetch_one(&world.db.pool).await.unwrap();

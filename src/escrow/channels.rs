@@ -31,6 +31,8 @@ use crate::chain::{ChainError, ChainReader, ChannelRead};
 use crate::domain::{Amount, ChannelEvent, ChannelId, ChannelProjection, PaymentChannelData};
 use crate::store::StoreError;
 use crate::store::postgres::PgLedger;
+use crate::store::postgres::log::StreamHead;
+use crate::store::postgres::projection::StoredChannel;
 
 use super::EscrowConfig;
 use super::head_block::HeadBlockCache;
@@ -43,6 +45,8 @@ pub struct MergedChannel {
     /// The stored projection and its stream version (version 0 when not stored).
     pub stored: Option<ChannelProjection>,
     pub version: u64,
+    /// The stored stream head (`None` when not stored): a batched payment commit builds on it.
+    pub head: Option<StreamHead>,
     /// To append before the write's own event, when the chain showed something newer.
     pub merge: Option<ChannelEvent>,
     /// The chain read the merge used, if any.
@@ -195,10 +199,23 @@ impl<C: ChainReader> ChannelSource<C> {
         id: ChannelId,
         freshness: Freshness,
     ) -> Result<Option<MergedChannel>, LookupError> {
-        let (stored, version) = match self.ledger.channel(id).await? {
-            Some((state, version)) => (Some(state), version),
-            None => (None, 0),
+        let stored = self.ledger.channel_with_head(id).await?;
+        self.merge(id, stored, freshness).await
+    }
+
+    /// The merged channel from its stored state as just read (e.g. with its lease), `None` when
+    /// neither the ledger nor the chain knows it.
+    pub async fn merge(
+        &self,
+        id: ChannelId,
+        stored: Option<StoredChannel>,
+        freshness: Freshness,
+    ) -> Result<Option<MergedChannel>, LookupError> {
+        let (stored, head) = match stored {
+            Some((state, head)) => (Some(state), Some(head)),
+            None => (None, None),
         };
+        let version = head.map_or(0, |head| head.version);
         let chain = self.read_chain(id, stored.as_ref(), freshness).await;
         let read = match (chain, &stored) {
             (Ok(Some(read)), _) => {
@@ -213,6 +230,7 @@ impl<C: ChainReader> ChannelSource<C> {
                     channel: state.channel.clone(),
                     stored,
                     version,
+                    head,
                     merge: None,
                     chain: None,
                 }));
@@ -225,6 +243,7 @@ impl<C: ChainReader> ChannelSource<C> {
                 channel: PaymentChannelData::from_chain(id, &read.channel),
                 stored: None,
                 version,
+                head,
                 merge: Some(merge_event),
                 chain: Some(read),
             },
@@ -238,12 +257,20 @@ impl<C: ChainReader> ChannelSource<C> {
                     let channel = crate::domain::fold::apply(id, Some(state.clone()), &merge_event)
                         .map_err(|e| LookupError::Storage(e.into()))?
                         .channel;
-                    MergedChannel { channel, stored, version, merge: Some(merge_event), chain: Some(read) }
+                    MergedChannel {
+                        channel,
+                        stored,
+                        version,
+                        head,
+                        merge: Some(merge_event),
+                        chain: Some(read),
+                    }
                 } else {
                     MergedChannel {
                         channel: current.clone(),
                         stored,
                         version,
+                        head,
                         merge: None,
                         chain: Some(read),
                     }

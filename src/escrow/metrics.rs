@@ -1,7 +1,10 @@
 //! Counters of the escrow: what operators watch to see payments, refusals, lease contention and
-//! how often the chain is read.
+//! how often the chain is read; and where a paid call's time goes.
 
-use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
+
+/// The phases of a paid call timed in [`EscrowMetrics::paid_call_seconds`].
+pub const PAID_CALL_PHASES: [&str; 3] = ["payment_start", "upstream", "payment_commit"];
 
 #[derive(Clone)]
 pub struct EscrowMetrics {
@@ -17,6 +20,9 @@ pub struct EscrowMetrics {
     pub chain_cache_hits: IntCounter,
     /// Chain reads that failed (the stored state was used when known).
     pub chain_read_failures: IntCounter,
+    /// Seconds spent in each phase of a paid call ([`PAID_CALL_PHASES`]): validating the payment
+    /// and taking its lease, the upstream service's call (to its last reply byte), recording it.
+    pub paid_call_seconds: HistogramVec,
 }
 
 impl EscrowMetrics {
@@ -44,11 +50,23 @@ impl EscrowMetrics {
                 "Payment lookups served from cache",
             ),
             chain_read_failures: counter("mpe_ledger_chain_read_failures_total", "Failed channels(id) reads"),
+            paid_call_seconds: HistogramVec::new(
+                HistogramOpts::new("mpe_ledger_paid_call_seconds", "Seconds per phase of a paid call")
+                    .buckets(vec![
+                        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                        1.0, 2.5, 5.0, 10.0, 30.0,
+                    ]),
+                &["phase"],
+            )
+            .expect("valid metric"),
         }
     }
 
     pub fn new(registry: &Registry) -> Self {
         let metrics = Self::unregistered();
+        for phase in PAID_CALL_PHASES {
+            metrics.paid_call_seconds.with_label_values(&[phase]);
+        }
         for collector in [
             Box::new(metrics.payments.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(metrics.payment_errors.clone()),
@@ -56,6 +74,7 @@ impl EscrowMetrics {
             Box::new(metrics.chain_reads.clone()),
             Box::new(metrics.chain_cache_hits.clone()),
             Box::new(metrics.chain_read_failures.clone()),
+            Box::new(metrics.paid_call_seconds.clone()),
         ] {
             registry.register(collector).expect("metric names are unique");
         }

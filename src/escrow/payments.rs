@@ -18,10 +18,13 @@
 use std::sync::Arc;
 
 use crate::chain::ChainReader;
+use crate::domain::fold::replay;
 use crate::domain::payment::{Income, Payment, PaymentError, validate_income, validate_payment};
-use crate::domain::{ChannelEvent, EthAddress, PaymentChannelData, Signature};
+use crate::domain::{ChannelEvent, EthAddress, Event, PaymentChannelData, Signature};
 use crate::store::leases::{Acquisition, Lease, PgLeases};
+use crate::store::postgres::batch::{BatchOutcome, BatchedCommit};
 use crate::store::postgres::ledger::{ChannelCommit, CommitError, CommitOutcome, PaymentIdentity};
+use crate::store::postgres::projection::StoredChannel;
 use crate::store::retry::Retry;
 
 use super::EscrowConfig;
@@ -79,13 +82,13 @@ impl<C: ChainReader> PaymentService<C> {
     #[tracing::instrument(skip_all, fields(channel = %payment.channel_id, nonce = %payment.nonce))]
     pub async fn start(&self, payment: Payment, method: &str) -> Result<PaymentTransaction, PaymentError> {
         let key = payment.key();
-        let lease = match self
+        let (lease, stored) = match self
             .leases
-            .acquire(payment.channel_id, &self.config.replica_id, self.config.lease_ttl)
+            .acquire_and_load(payment.channel_id, &self.config.replica_id, self.config.lease_ttl)
             .await
         {
-            Ok(Acquisition::Acquired(lease)) => lease,
-            Ok(Acquisition::HeldBy(_)) => {
+            Ok((Acquisition::Acquired(lease), stored)) => (lease, stored),
+            Ok((Acquisition::HeldBy(_), _)) => {
                 self.channels.metrics().lease_conflicts.inc();
                 return Err(self.refused(PaymentError::channel_busy(key)));
             }
@@ -94,7 +97,7 @@ impl<C: ChainReader> PaymentService<C> {
                 return Err(self.refused(PaymentError::cannot_get_mutex(key)));
             }
         };
-        match self.validate(&payment, method).await {
+        match self.validate(&payment, method, stored).await {
             Ok((merged, signer, signature)) => {
                 Ok(PaymentTransaction { payment, signer, signature, merged, lease })
             }
@@ -103,6 +106,11 @@ impl<C: ChainReader> PaymentService<C> {
                 Err(self.refused(error))
             }
         }
+    }
+
+    /// The escrow's metrics (shared with the channel source).
+    pub fn metrics(&self) -> &crate::escrow::metrics::EscrowMetrics {
+        self.channels.metrics()
     }
 
     fn refused(&self, error: PaymentError) -> PaymentError {
@@ -116,6 +124,7 @@ impl<C: ChainReader> PaymentService<C> {
         &self,
         payment: &Payment,
         method: &str,
+        stored: Option<StoredChannel>,
     ) -> Result<(MergedChannel, EthAddress, Signature), PaymentError> {
         let current_block = match self.channels.payment_head_block().await {
             Ok(block) => Some(block),
@@ -130,7 +139,7 @@ impl<C: ChainReader> PaymentService<C> {
         };
         let merged = self
             .channels
-            .payment_channel(payment.channel_id, freshness)
+            .merge(payment.channel_id, stored, freshness)
             .await
             .map_err(PaymentError::channel_error)?
             .ok_or_else(|| PaymentError::channel_not_found(payment.key()))?;
@@ -151,6 +160,20 @@ impl<C: ChainReader> PaymentService<C> {
             amount: payment.amount,
             signature,
         });
+        let deadline = tokio::time::Instant::now() + self.config.lease_ttl;
+        // Group commit when the payment authorises something new on the state it was validated
+        // against; the same authorisation again is the single commit's idempotency case.
+        let batched = (merged.channel.authorized_amount != payment.amount)
+            .then(|| replay(payment.channel_id, merged.stored.clone(), &events).ok().flatten())
+            .flatten()
+            .map(|after| BatchedCommit {
+                channel_id: payment.channel_id,
+                head: merged.head,
+                events: events.iter().cloned().map(Event::Channel).collect(),
+                after,
+                lease_token: lease.token,
+                deadline,
+            });
         let commit = ChannelCommit {
             channel_id: payment.channel_id,
             expected_version: merged.version,
@@ -163,7 +186,7 @@ impl<C: ChainReader> PaymentService<C> {
                 signer,
             }),
         };
-        let outcome = self.commit_events(commit, &lease, payment.key()).await;
+        let outcome = self.commit_events(batched, commit, deadline, &lease, payment.key()).await;
         let label = match &outcome {
             Ok(CommitOutcome::Recorded { .. }) => "committed",
             Ok(CommitOutcome::AlreadyRecorded) => "duplicate",
@@ -173,16 +196,25 @@ impl<C: ChainReader> PaymentService<C> {
         outcome
     }
 
-    /// Commits under `Retry::Until` the lease's lifetime, renewing the lease while it retries
-    /// (module doc).
+    /// Commits in a batch with other channels' payments when it can, else alone; under
+    /// `Retry::Until` the lease's lifetime, renewing the lease while it retries (module doc).
     async fn commit_events(
         &self,
+        batched: Option<BatchedCommit>,
         commit: ChannelCommit<'_>,
+        deadline: tokio::time::Instant,
         lease: &Lease,
         key: crate::domain::PaymentChannelKey,
     ) -> Result<CommitOutcome, PaymentError> {
-        let deadline = tokio::time::Instant::now() + self.config.lease_ttl;
-        let committing = self.channels.ledger().commit_with(commit, Retry::Until(deadline));
+        let ledger = self.channels.ledger();
+        let committing = async {
+            if let Some(batched) = batched
+                && let BatchOutcome::Recorded { version } = ledger.commit_batched(batched).await
+            {
+                return Ok(CommitOutcome::Recorded { version });
+            }
+            ledger.commit_with(commit, Retry::Until(deadline)).await
+        };
         let renewing = async {
             let every = (self.config.lease_ttl / 3).max(MIN_RENEWAL_INTERVAL);
             loop {

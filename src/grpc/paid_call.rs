@@ -338,14 +338,21 @@ impl<C: ChainReader + 'static> PaidCallGateway<C> {
         if let Some(error) = metadata.undecodable_signature {
             return Err(error.into());
         }
+        let phases = &paid.payments.metrics().paid_call_seconds;
+        let timer = phases.with_label_values(&["payment_start"]).start_timer();
         let transaction = paid.payments.start(payment, &method).await?;
+        timer.observe_duration();
         let sender = transaction.sender();
         tracing::debug!(channel = %transaction.payment().channel_id, %sender, "payment started");
         let pending = Pending { payments: paid.payments.clone(), transaction: Some(transaction) };
+        let timer = phases.with_label_values(&["upstream"]).start_timer();
         let outcome = paid.renewing(&pending, paid.forward(request, sender)).await;
+        timer.observe_duration();
         match outcome {
             Ok(reply) if reply.succeeded() => {
+                let timer = phases.with_label_values(&["payment_commit"]).start_timer();
                 pending.commit().await?;
+                timer.observe_duration();
                 Ok(reply.into_response())
             }
             Ok(reply) => {

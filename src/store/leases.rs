@@ -22,6 +22,7 @@ use crate::domain::{ChannelId, Event, LeaseEvent, StreamId};
 
 use super::StoreError;
 use super::postgres::log::{append, stream_head};
+use super::postgres::projection::{StoredChannel, take_lease_and_load};
 use super::retry::{StoreMetrics, serializable};
 
 /// A lease this process holds.
@@ -111,6 +112,17 @@ impl PgLeases {
             }
         };
         Ok(Acquisition::HeldBy(held))
+    }
+
+    /// [`Self::acquire`] and the channel's stored state in one statement (a paid call's start).
+    pub async fn acquire_and_load(
+        &self,
+        channel_id: ChannelId,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<(Acquisition, Option<StoredChannel>), StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        take_lease_and_load(&mut conn, channel_id, holder, ttl).await
     }
 
     /// Extends a lease still held by this token; `false` when it was lost.

@@ -39,7 +39,7 @@ const MAX_BACKOFF: Duration = Duration::from_millis(64);
 const MAX_RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
 
 /// The operations that write through [`serializable`], as labelled in metrics.
-pub const OPERATIONS: [&str; 9] = [
+pub const OPERATIONS: [&str; 10] = [
     "kv.put",
     "kv.put_if_absent",
     "kv.compare_and_swap",
@@ -48,6 +48,7 @@ pub const OPERATIONS: [&str; 9] = [
     "channels.put_if_absent",
     "channels.compare_and_swap",
     "ledger.commit",
+    "ledger.commit_batch",
     "rebuild",
 ];
 

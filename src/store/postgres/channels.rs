@@ -2,7 +2,6 @@
 //! from the `channels` projection; writes append to the channel's stream and update `channels` and
 //! `claims` in the same serializable transaction.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use sqlx::{PgConnection, PgPool};
@@ -16,7 +15,8 @@ use crate::store::StoreError;
 use crate::store::channels::{ChannelStore, PlannedChange, check_same_channel, plan_change};
 use crate::store::retry::{StoreMetrics, serializable};
 
-use super::log::{StreamHead, append, stream_head, version_from_db};
+use super::log::{StreamHead, append, stream_head};
+pub use super::projection::load_projection;
 
 #[derive(Clone)]
 pub struct PgChannelStore {
@@ -303,69 +303,6 @@ pub async fn claim_rows(
     .fetch_all(conn)
     .await?;
     Ok(rows)
-}
-
-/// The stored projection of one channel and its stream version, in one round trip (the channel's
-/// row joined with its claims: one row per claim, or one row with no claim).
-pub async fn load_projection(
-    conn: &mut PgConnection,
-    channel_id: ChannelId,
-) -> Result<Option<(ChannelProjection, u64)>, StoreError> {
-    let id = channel_id.to_string();
-    let rows = sqlx::query!(
-        r#"SELECT c.nonce::text AS "nonce!", c.state, c.sender, c.recipient, c.signer, c.group_id,
-                  c.full_amount::text AS "full_amount!", c.expiration::text AS "expiration!",
-                  c.authorized_amount::text AS "authorized_amount!", c.signature, c.stream_version,
-                  k.nonce::text AS "claim_nonce?", k.amount::text AS "claim_amount?",
-                  k.signature AS "claim_signature?", k.finish_outcome AS "finish_outcome?",
-                  k.finish_transaction_hash AS "finish_transaction_hash?",
-                  k.finish_block_number AS "finish_block_number?", k.finish_amount::text AS "finish_amount?"
-           FROM ledger.channels c
-           LEFT JOIN ledger.claims k ON k.channel_id = c.channel_id
-           WHERE c.channel_id = $1::text::numeric
-           ORDER BY k.nonce"#,
-        id,
-    )
-    .fetch_all(&mut *conn)
-    .await?;
-    let Some(first) = rows.first() else { return Ok(None) };
-    let channel = ChannelRow {
-        channel_id: id.clone(),
-        nonce: first.nonce.clone(),
-        state: first.state.clone(),
-        sender: first.sender.clone(),
-        recipient: first.recipient.clone(),
-        signer: first.signer.clone(),
-        group_id: first.group_id.clone(),
-        full_amount: first.full_amount.clone(),
-        expiration: first.expiration.clone(),
-        authorized_amount: first.authorized_amount.clone(),
-        signature: first.signature.clone(),
-        stream_version: first.stream_version,
-    };
-    let version = version_from_db(&StreamId::Channel(channel_id), channel.stream_version)?;
-    let channel = channel.to_domain()?;
-    let mut claims = BTreeMap::new();
-    for row in rows {
-        let (Some(nonce), Some(amount), Some(signature)) =
-            (row.claim_nonce, row.claim_amount, row.claim_signature)
-        else {
-            continue;
-        };
-        let claim = ClaimRow {
-            channel_id: id.clone(),
-            nonce,
-            amount,
-            signature,
-            finish_outcome: row.finish_outcome,
-            finish_transaction_hash: row.finish_transaction_hash,
-            finish_block_number: row.finish_block_number,
-            finish_amount: row.finish_amount,
-        }
-        .to_domain()?;
-        claims.insert(claim.nonce, claim);
-    }
-    Ok(Some((ChannelProjection { channel, claims }, version)))
 }
 
 impl ChannelStore for PgChannelStore {

@@ -25,7 +25,7 @@
 //!   service ran).
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -40,6 +40,7 @@ use crate::store::StoreError;
 use crate::store::leases::Lease;
 use crate::store::retry::{Begin, Retry, StoreMetrics, serializable_with};
 
+use super::batch::{BatchOutcome, BatchedCommit, CommitBatcher};
 use super::channels::{ChannelRow, channel_rows, claim_rows, load_projection, write_claims};
 use super::log::{StreamHead, chain_links, hash_from_db, version_from_db, version_to_db};
 
@@ -110,11 +111,22 @@ impl From<FoldError> for CommitError {
 pub struct PgLedger {
     pool: PgPool,
     metrics: Arc<StoreMetrics>,
+    /// Group commit of payments, started on first use (`batch`).
+    batcher: Arc<OnceLock<CommitBatcher>>,
 }
 
 impl PgLedger {
     pub fn new(pool: PgPool, metrics: Arc<StoreMetrics>) -> Self {
-        Self { pool, metrics }
+        Self { pool, metrics, batcher: Arc::new(OnceLock::new()) }
+    }
+
+    /// Commits a payment validated against a known state together with other channels' payments
+    /// (see `batch`). `NotApplied` means: commit it alone with [`Self::commit_with`], which answers
+    /// the precise refusal or records it.
+    pub async fn commit_batched(&self, commit: BatchedCommit) -> BatchOutcome {
+        let batcher =
+            self.batcher.get_or_init(|| CommitBatcher::start(self.pool.clone(), self.metrics.clone()));
+        batcher.commit(commit).await
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -126,6 +138,14 @@ impl PgLedger {
         &self,
         channel_id: ChannelId,
     ) -> Result<Option<(ChannelProjection, u64)>, StoreError> {
+        Ok(self.channel_with_head(channel_id).await?.map(|(state, head)| (state, head.version)))
+    }
+
+    /// The channel's projection and stream head (what a batched payment commit builds on).
+    pub async fn channel_with_head(
+        &self,
+        channel_id: ChannelId,
+    ) -> Result<Option<(ChannelProjection, StreamHead)>, StoreError> {
         let mut conn = self.pool.acquire().await?;
         load_projection(&mut conn, channel_id).await
     }
@@ -200,7 +220,7 @@ impl PgLedger {
 /// Whether the transaction `transaction_id` committed (`pg_xact_status`). One still in progress
 /// (the server has not yet noticed that its connection died) is asked again after a pause, as a
 /// connection failure.
-async fn earlier_attempt_committed(
+pub(super) async fn earlier_attempt_committed(
     conn: &mut PgConnection,
     transaction_id: &str,
 ) -> Result<bool, StoreError> {

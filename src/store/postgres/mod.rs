@@ -5,10 +5,12 @@
 //! run with their own URL as the owning role (design.md §8). The switch defends against our own bugs,
 //! not against an operator who can `RESET ROLE`.
 
+pub mod batch;
 pub mod channels;
 pub mod kv;
 pub mod ledger;
 pub mod log;
+pub mod projection;
 
 use std::time::Duration;
 
