@@ -93,23 +93,24 @@ impl Sizes {
     }
 
     fn quick() -> Self {
-        let short = Timing { warmup: Duration::from_millis(300), window: Duration::from_secs(2) };
+        // Sized to stay well under a minute on a debug build on 2 cores (CI runs it on every push).
+        let short = Timing { warmup: Duration::from_millis(300), window: Duration::from_millis(1500) };
         let shorter = Timing { warmup: Duration::from_millis(200), window: Duration::from_secs(1) };
         Self {
             full: false,
             pgbench_scale: 1,
-            pgbench_seconds: 2,
-            channels: 64,
+            pgbench_seconds: 1,
+            channels: 32,
             paid_clients: vec![1, 16],
             paid: short,
             direct_clients: vec![1, 16],
             direct: shorter,
-            store_writers: vec![16, 64],
+            store_writers: vec![16, 32],
             store: shorter,
             latency_clients: 16,
             latency: shorter,
             small_log: 10_000,
-            big_log: 50_000,
+            big_log: 30_000,
             rate_floor: 500.0,
         }
     }

@@ -5,7 +5,7 @@
 //! field, stored value, folded value). `rebuild` recreates the projections from the log in one
 //! serializable transaction. Both hold the folded projections in memory.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
@@ -82,30 +82,34 @@ fn opt<T: fmt::Display>(value: Option<T>) -> String {
 }
 
 /// Folds the whole log, checking links and versions; problems go to `differences`.
+///
+/// The log is read in position order (a sequential read of the table, not a walk of the
+/// (stream, version) index that jumps around the table), with every stream's fold open at once:
+/// within a stream, position order is version order, because a stream's next event is inserted only
+/// after its previous one committed (the head's compare-and-swap), and positions are handed out at
+/// insert time.
 async fn fold_log(conn: &mut PgConnection, differences: &mut Vec<Difference>) -> Result<Folded, StoreError> {
     let mut folded = Folded::default();
     let mut rows = sqlx::query_as!(
         StoredEvent,
         r#"SELECT stream, stream_version, event_type, payload, channel_id::text AS channel_id,
                   nonce::text AS nonce, amount::text AS amount, signature, prev_hash, hash
-           FROM ledger.events ORDER BY stream, stream_version"#
+           FROM ledger.events ORDER BY position"#
     )
     .fetch(conn);
-    let mut current: Option<StreamFold> = None;
+    let mut open: HashMap<String, StreamFold> = HashMap::new();
     while let Some(row) = rows.try_next().await? {
         folded.events += 1;
-        if current.as_ref().is_none_or(|fold| fold.name != row.stream) {
-            if let Some(done) = current.take() {
-                finish_stream(&mut folded, done);
-            }
-            current = Some(StreamFold {
+        if !open.contains_key(&row.stream) {
+            let fold = StreamFold {
                 name: row.stream.clone(),
                 head: StreamHead { version: 0, last_hash: GENESIS_HASH },
                 channel: None,
                 kv: None,
-            });
+            };
+            open.insert(row.stream.clone(), fold);
         }
-        let StreamFold { name, head, channel, kv } = current.as_mut().expect("set above");
+        let StreamFold { name, head, channel, kv } = open.get_mut(&row.stream).expect("inserted above");
         let stream = match StreamId::parse(name) {
             Some(stream) => stream,
             None => {
@@ -169,7 +173,7 @@ async fn fold_log(conn: &mut PgConnection, differences: &mut Vec<Difference>) ->
             }
         }
     }
-    if let Some(done) = current.take() {
+    for (_, done) in open {
         finish_stream(&mut folded, done);
     }
     Ok(folded)
