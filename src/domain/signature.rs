@@ -35,8 +35,12 @@
 //! A signature is stored exactly as received. [`normalized`] (v := v mod 27 + 27) is applied only to
 //! compare two signatures or to hand one to the contract, whose `ecrecover` wants 27/28.
 
-use alloy_primitives::{B256, U256, eip191_hash_message, keccak256};
+use std::sync::LazyLock;
+
+use alloy_primitives::{Address, B256, U256, eip191_hash_message, keccak256};
 use k256::ecdsa::SigningKey;
+use secp256k1::ecdsa::{RecoverableSignature, RecoveryId};
+use secp256k1::{Message, Secp256k1, VerifyOnly};
 
 use super::types::{Amount, ChannelId, EthAddress, Nonce, Signature};
 
@@ -115,11 +119,19 @@ pub fn recover_signer(message: &[u8], signature: &[u8]) -> Result<EthAddress, Si
         1 | 28 => true,
         _ => return Err(SignatureError::IncorrectData),
     };
-    alloy_primitives::Signature::from_bytes_and_parity(rs, y_parity)
-        .recover_address_from_prehash(&personal_digest(message))
-        .map(EthAddress)
-        .map_err(|_| SignatureError::IncorrectData)
+    // libsecp256k1: several times cheaper than the pure-Rust recovery, on every paid call's path.
+    let recovery_id = RecoveryId::try_from(i32::from(y_parity)).map_err(|_| SignatureError::IncorrectData)?;
+    let signature =
+        RecoverableSignature::from_compact(rs, recovery_id).map_err(|_| SignatureError::IncorrectData)?;
+    let key = SECP256K1
+        .recover_ecdsa(Message::from_digest(personal_digest(message).0), &signature)
+        .map_err(|_| SignatureError::IncorrectData)?;
+    let hash = keccak256(&key.serialize_uncompressed()[1..]);
+    Ok(EthAddress(Address::from_slice(&hash[12..])))
 }
+
+/// libsecp256k1's context for recovery, built once.
+static SECP256K1: LazyLock<Secp256k1<VerifyOnly>> = LazyLock::new(Secp256k1::verification_only);
 
 /// The same signature with `v` as 27/28, the form the contract accepts; `r` and `s` are untouched
 /// and any other `v` is left as it is.
