@@ -61,57 +61,15 @@ impl PgLeases {
         Self { pool, metrics }
     }
 
-    /// Takes the channel's lease if it is free or expired. One statement, one round trip.
+    /// Takes the channel's lease if it is free or expired. One statement, one round trip (the one
+    /// of [`Self::acquire_and_load`]; the channel's state it also reads is not needed here).
     pub async fn acquire(
         &self,
         channel_id: ChannelId,
         holder: &str,
         ttl: Duration,
     ) -> Result<Acquisition, StoreError> {
-        let token = Uuid::new_v4();
-        let id = channel_id.to_string();
-        let row = sqlx::query!(
-            r#"WITH taken AS (
-                   INSERT INTO ledger.leases (channel_id, holder, token, acquired_at, expires_at)
-                   VALUES ($1::text::numeric, $2, $3, now(), now() + make_interval(secs => $4::float8))
-                   ON CONFLICT (channel_id) DO UPDATE
-                      SET holder = EXCLUDED.holder, token = EXCLUDED.token,
-                          acquired_at = EXCLUDED.acquired_at, expires_at = EXCLUDED.expires_at
-                      WHERE ledger.leases.expires_at <= now()
-                   RETURNING token
-               )
-               SELECT (SELECT token FROM taken) AS taken, l.holder AS "holder?",
-                      l.acquired_at::text AS "acquired_at?", l.expires_at::text AS "expires_at?",
-                      l.expires_at <= now() AS "expired?"
-               FROM (VALUES (1)) AS one (x)
-               LEFT JOIN ledger.leases l ON l.channel_id = $1::text::numeric"#,
-            id,
-            holder,
-            token,
-            ttl.as_secs_f64(),
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        if row.taken == Some(token) {
-            return Ok(Acquisition::Acquired(Lease { channel_id, holder: holder.to_owned(), token }));
-        }
-        let held = match (row.holder, row.acquired_at, row.expires_at, row.expired) {
-            (Some(holder), Some(acquired_at), Some(expires_at), Some(expired)) => {
-                LeaseInfo { channel_id, holder, acquired_at, expires_at, expired }
-            }
-            // Taken by a writer that committed after this statement's snapshot: read it again.
-            _ => {
-                let mut conn = self.pool.acquire().await?;
-                lease_rows(&mut conn, Some(channel_id)).await?.into_iter().next().unwrap_or(LeaseInfo {
-                    channel_id,
-                    holder: "(released meanwhile)".to_owned(),
-                    acquired_at: String::new(),
-                    expires_at: String::new(),
-                    expired: true,
-                })
-            }
-        };
-        Ok(Acquisition::HeldBy(held))
+        Ok(self.acquire_and_load(channel_id, holder, ttl).await?.0)
     }
 
     /// [`Self::acquire`] and the channel's stored state in one statement (a paid call's start).

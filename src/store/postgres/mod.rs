@@ -14,7 +14,7 @@ pub mod projection;
 
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, Executor, PgPool};
 
 use super::StoreError;
@@ -35,19 +35,7 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The service's pool: every session runs as [`WRITER_ROLE`].
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
-    let options: PgConnectOptions = url.parse()?;
-    let pool = PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(ACQUIRE_TIMEOUT)
-        .after_connect(|conn, _| {
-            Box::pin(async move {
-                conn.execute("SET ROLE mpe_ledger_writer").await?;
-                Ok(())
-            })
-        })
-        .connect_with(options)
-        .await?;
-    Ok(pool)
+    Ok(pool_options(max_connections, "SET ROLE mpe_ledger_writer").connect_with(url.parse()?).await?)
 }
 
 /// The pool for operational state (leases, see `store::leases`): sessions run as [`WRITER_ROLE`]
@@ -55,18 +43,21 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreErr
 /// money: payments, claims and merges commit on the [`connect`] pool.
 /// Connects lazily: a command that never touches a lease opens no connection.
 pub fn connect_operational(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
-    let options: PgConnectOptions = url.parse()?;
-    let pool = PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(ACQUIRE_TIMEOUT)
-        .after_connect(|conn, _| {
+    let session = "SET ROLE mpe_ledger_writer; SET synchronous_commit = off";
+    Ok(pool_options(max_connections, session).connect_lazy_with(url.parse()?))
+}
+
+/// A pool of at most `max_connections` whose every new session first runs `session` (one simple
+/// query, constant SQL).
+fn pool_options(max_connections: u32, session: &'static str) -> PgPoolOptions {
+    PgPoolOptions::new().max_connections(max_connections).acquire_timeout(ACQUIRE_TIMEOUT).after_connect(
+        move |conn, _| {
             Box::pin(async move {
-                conn.execute("SET ROLE mpe_ledger_writer; SET synchronous_commit = off").await?;
+                conn.execute(session).await?;
                 Ok(())
             })
-        })
-        .connect_lazy_with(options);
-    Ok(pool)
+        },
+    )
 }
 
 /// Applies the migrations in `migrations/` (embedded in the binary).
