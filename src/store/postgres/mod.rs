@@ -6,6 +6,7 @@
 //! not against an operator who can `RESET ROLE`.
 
 pub mod batch;
+mod channel_write;
 pub mod channels;
 pub mod kv;
 pub mod ledger;
