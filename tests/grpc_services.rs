@@ -7,18 +7,17 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::TestDb;
+use common::escrow::escrow_config;
 use common::ganache::{Account, Ganache, Mpe};
 use mpe_ledger::chain::EthChain;
-use mpe_ledger::domain::payment::{Payment, Pricing};
+use mpe_ledger::domain::payment::Payment;
 use mpe_ledger::domain::signature::{
     channel_state_message, list_in_progress_message, list_unclaimed_message, sign, start_claim_message,
     start_claim_multiple_message,
 };
-use mpe_ledger::domain::{Amount, ChannelId, GroupId, Nonce};
-use mpe_ledger::escrow::EscrowConfig;
+use mpe_ledger::domain::{Amount, ChannelId, Nonce};
 use mpe_ledger::escrow::channels::ChannelSource;
 use mpe_ledger::escrow::claims::ClaimService;
 use mpe_ledger::escrow::payments::PaymentService;
@@ -74,18 +73,8 @@ impl<'a> World<'a> {
             .open_channel(client, client.address, ganache.account(2).address, GROUP, 1000, expiration)
             .await;
         let db = TestDb::new().await;
-        let config = Arc::new(EscrowConfig {
-            mpe: mpe.eth_address(),
-            group_id: GroupId(GROUP),
-            payment_address: ganache.account(2).eth_address(),
-            expiration_threshold: 0,
-            pricing: Pricing::Fixed(Amount::from(PRICE)),
-            replica_id: "replica-a".to_owned(),
-            lease_ttl: Duration::from_secs(30),
-            confirmations: 0,
-            claim_log_lookback: 10_000,
-            chain_cache_age: Duration::from_secs(5),
-        });
+        let config =
+            Arc::new(escrow_config(mpe.eth_address(), ganache.account(2).eth_address(), GROUP, PRICE));
         let chain = EthChain::connect(ganache.url(), mpe.eth_address()).unwrap();
         let ledger = PgLedger::new(db.pool.clone(), db.metrics.clone());
         let leases = PgLeases::new(db.pool.clone(), db.metrics.clone());

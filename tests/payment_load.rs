@@ -11,11 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::TestDb;
+use common::escrow::escrow_config;
 use common::ganache::{Ganache, Mpe};
 use common::pg_proxy::PgProxy;
 use mpe_ledger::chain::EthChain;
-use mpe_ledger::domain::payment::{Payment, Pricing};
-use mpe_ledger::domain::{Amount, ChannelId, GroupId, Nonce};
+use mpe_ledger::domain::payment::Payment;
+use mpe_ledger::domain::{Amount, ChannelId, Nonce};
 use mpe_ledger::escrow::EscrowConfig;
 use mpe_ledger::escrow::channels::ChannelSource;
 use mpe_ledger::escrow::payments::PaymentService;
@@ -69,16 +70,9 @@ impl<'a> World<'a> {
     /// A replica's payment service writing money through `pool` and leases through the test pool.
     fn payments(&self, pool: &PgPool, metrics: &Arc<StoreMetrics>) -> PaymentService<EthChain> {
         let config = Arc::new(EscrowConfig {
-            mpe: self.mpe.eth_address(),
-            group_id: GroupId(GROUP),
-            payment_address: self.ganache.account(2).eth_address(),
-            expiration_threshold: 0,
-            pricing: Pricing::Fixed(Amount::from(PRICE)),
-            replica_id: "replica-a".to_owned(),
-            lease_ttl: Duration::from_secs(30),
-            confirmations: 0,
-            claim_log_lookback: 10_000,
+            // Chain reads stay out of the concurrent phase.
             chain_cache_age: Duration::from_secs(60),
+            ..escrow_config(self.mpe.eth_address(), self.ganache.account(2).eth_address(), GROUP, PRICE)
         });
         let chain = EthChain::connect(self.ganache.url(), self.mpe.eth_address()).unwrap();
         let source =

@@ -8,6 +8,7 @@
 
 pub mod contract;
 pub mod e2e;
+pub mod escrow;
 pub mod ganache;
 pub mod pg_proxy;
 pub mod upstream;
