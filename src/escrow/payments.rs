@@ -15,6 +15,8 @@
 //! store's idempotency), never guessed. "Retried" is the ledger's own retry: a client re-sending a
 //! payment it already made is refused by the income check, as in the seed.
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
 
 use crate::chain::ChainReader;
@@ -65,7 +67,7 @@ impl PaymentTransaction {
 }
 
 /// Shortest interval between two lease renewals, whatever the lease's lifetime.
-pub const MIN_RENEWAL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
+const MIN_RENEWAL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
 
 pub struct PaymentService<C> {
     channels: Arc<ChannelSource<C>>,
@@ -215,19 +217,7 @@ impl<C: ChainReader> PaymentService<C> {
             }
             ledger.commit_with(commit, Retry::Until(deadline)).await
         };
-        let renewing = async {
-            let every = (self.config.lease_ttl / 3).max(MIN_RENEWAL_INTERVAL);
-            loop {
-                tokio::time::sleep(every).await;
-                if let Err(error) = self.leases.renew(lease, self.config.lease_ttl).await {
-                    tracing::warn!(%error, "lease renewal during the commit failed; trying again");
-                }
-            }
-        };
-        let outcome = tokio::select! {
-            outcome = committing => outcome,
-            never = renewing => match never {},
-        };
+        let outcome = self.while_renewing(lease, committing).await;
         match outcome {
             Ok(outcome) => Ok(outcome),
             Err(CommitError::LeaseLost { .. } | CommitError::StaleState { .. }) => {
@@ -246,15 +236,37 @@ impl<C: ChainReader> PaymentService<C> {
         }
     }
 
+    /// Runs `work` while renewing `lease` every `lease_ttl / 3` (at least every
+    /// [`MIN_RENEWAL_INTERVAL`]); renewing stops with `work`. A lease found lost is logged and no
+    /// longer renewed (its commit will be refused); a failed renewal is tried again at the next tick.
+    pub async fn while_renewing<T>(&self, lease: &Lease, work: impl Future<Output = T>) -> T {
+        let renewal = async {
+            let every = (self.config.lease_ttl / 3).max(MIN_RENEWAL_INTERVAL);
+            let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                match self.leases.renew(lease, self.config.lease_ttl).await {
+                    Ok(true) => tracing::debug!("lease renewed"),
+                    Ok(false) => {
+                        tracing::warn!("lease lost: this payment will not be recorded");
+                        break;
+                    }
+                    Err(error) => tracing::warn!(%error, "lease renewal failed; trying again"),
+                }
+            }
+            std::future::pending::<Infallible>().await
+        };
+        tokio::select! {
+            output = work => output,
+            never = renewal => match never {},
+        }
+    }
+
     /// Gives the lease back; nothing is recorded.
     pub async fn rollback(&self, transaction: PaymentTransaction) {
         self.channels.metrics().payments.with_label_values(&["rolled_back"]).inc();
         self.release(&transaction.lease).await;
-    }
-
-    /// Extends the lease of a long call; `false` when it was already lost.
-    pub async fn renew(&self, transaction: &PaymentTransaction) -> Result<bool, PaymentError> {
-        self.leases.renew(&transaction.lease, self.config.lease_ttl).await.map_err(PaymentError::internal)
     }
 
     async fn release(&self, lease: &Lease) {

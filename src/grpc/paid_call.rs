@@ -95,7 +95,7 @@ use crate::domain::headers::{
 };
 use crate::domain::payment::PaymentError;
 use crate::escrow::EscrowConfig;
-use crate::escrow::payments::{MIN_RENEWAL_INTERVAL, PaymentService, PaymentTransaction};
+use crate::escrow::payments::{PaymentService, PaymentTransaction};
 
 /// Longest wait for the TCP connection to the upstream service.
 pub const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -264,7 +264,6 @@ impl Upstream {
 struct PaidCalls<C: ChainReader + 'static> {
     payments: Arc<PaymentService<C>>,
     mpe: EthAddress,
-    renew_every: Duration,
     max_message_bytes: usize,
     upstream: Upstream,
 }
@@ -289,13 +288,8 @@ impl<C: ChainReader + 'static> PaidCallGateway<C> {
         upstream: &str,
         max_message_bytes: usize,
     ) -> Result<Self, InvalidUpstream> {
-        let paid = PaidCalls {
-            payments,
-            mpe: config.mpe,
-            renew_every: (config.lease_ttl / 3).max(MIN_RENEWAL_INTERVAL),
-            max_message_bytes,
-            upstream: Upstream::new(upstream)?,
-        };
+        let paid =
+            PaidCalls { payments, mpe: config.mpe, max_message_bytes, upstream: Upstream::new(upstream)? };
         Ok(Self { paid: Some(Arc::new(paid)) })
     }
 
@@ -464,30 +458,11 @@ impl<C: ChainReader + 'static> Drop for Pending<C> {
 }
 
 impl<C: ChainReader + 'static> PaidCalls<C> {
-    /// Runs `work` while renewing the payment's lease every `renew_every`; renewing stops with it.
+    /// Runs `work` while renewing the payment's lease (`PaymentService::while_renewing`).
     async fn renewing<T>(&self, pending: &Pending<C>, work: impl Future<Output = T>) -> T {
-        let renewal = async {
-            if let Some(transaction) = pending.transaction.as_ref() {
-                let start = tokio::time::Instant::now() + self.renew_every;
-                let mut ticker = tokio::time::interval_at(start, self.renew_every);
-                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    ticker.tick().await;
-                    match self.payments.renew(transaction).await {
-                        Ok(true) => tracing::debug!("lease renewed"),
-                        Ok(false) => {
-                            tracing::warn!("lease lost during the call: its payment will not be recorded");
-                            break;
-                        }
-                        Err(error) => tracing::warn!(%error, "lease renewal failed; trying again"),
-                    }
-                }
-            }
-            std::future::pending::<Infallible>().await
-        };
-        tokio::select! {
-            output = work => output,
-            never = renewal => match never {},
+        match pending.transaction.as_ref() {
+            Some(transaction) => self.payments.while_renewing(transaction.lease(), work).await,
+            None => work.await,
         }
     }
 

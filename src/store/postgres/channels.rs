@@ -66,7 +66,7 @@ impl PgChannelStore {
 }
 
 /// Appends a planned change to the channel's stream and writes its projection.
-pub async fn commit_change(
+async fn commit_change(
     conn: &mut PgConnection,
     before: Option<&ChannelProjection>,
     change: PlannedChange,
