@@ -18,6 +18,8 @@
 //! | `lease_ttl_seconds` | lease lifetime without renewal | `30` |
 //! | `confirmations` | blocks before a claim seen on chain is recorded | `12` |
 //! | `max_message_bytes` | largest gRPC message accepted (RESOURCE_EXHAUSTED above) | `4194304` |
+//! | `max_call_seconds` | longest a paid call may run, whatever the client's deadline (DEADLINE_EXCEEDED after) | `300` |
+//! | `max_concurrent_calls` | most paid calls in flight at once (RESOURCE_EXHAUSTED beyond, never queued) | `1024` |
 //!
 //! With none of the chain settings the ledger runs (storage, health, metrics) and refuses paid calls
 //! (design.md §8); with some but not all of them, start-up fails naming the first missing one.
@@ -62,6 +64,8 @@ pub struct RawSettings {
     pub lease_ttl_seconds: Option<toml::Value>,
     pub confirmations: Option<toml::Value>,
     pub max_message_bytes: Option<toml::Value>,
+    pub max_call_seconds: Option<toml::Value>,
+    pub max_concurrent_calls: Option<toml::Value>,
 }
 
 /// Everything about the chain and the paid calls; all or nothing.
@@ -85,11 +89,22 @@ pub struct Config {
     pub lease_ttl: Duration,
     pub confirmations: u64,
     pub max_message_bytes: usize,
+    pub max_call_duration: Duration,
+    pub max_concurrent_calls: usize,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7000";
 pub const DEFAULT_EXPIRATION_THRESHOLD: u64 = 40320;
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Five minutes: long generations fit; a hung service holds a channel no longer than this.
+pub const DEFAULT_MAX_CALL_SECONDS: u64 = 300;
+/// A day: the most `max_call_seconds` accepts (a lease is renewed all along the call).
+pub const MAX_CALL_SECONDS_LIMIT: u64 = 86_400;
+/// Four times the benchmark's 256 clients; each call in flight holds at most its HTTP/2 windows.
+pub const DEFAULT_MAX_CONCURRENT_CALLS: usize = 1024;
+/// The most `max_concurrent_calls` accepts (tokio's semaphore holds fewer than 2^61 permits; far
+/// above what one process's connections and pool could serve).
+pub const MAX_CONCURRENT_CALLS_LIMIT: usize = 1 << 20;
 
 impl RawSettings {
     /// Reads a TOML file.
@@ -124,6 +139,8 @@ impl RawSettings {
         number("lease_ttl_seconds", &mut self.lease_ttl_seconds);
         number("confirmations", &mut self.confirmations);
         number("max_message_bytes", &mut self.max_message_bytes);
+        number("max_call_seconds", &mut self.max_call_seconds);
+        number("max_concurrent_calls", &mut self.max_concurrent_calls);
         self
     }
 
@@ -159,6 +176,20 @@ impl RawSettings {
         let max_message_bytes = u64_setting("max_message_bytes", self.max_message_bytes.as_ref())?
             .map_or(Ok(DEFAULT_MAX_MESSAGE_BYTES), usize::try_from)
             .map_err(|_| invalid("max_message_bytes", "too large"))?;
+        let max_call_seconds = u64_setting("max_call_seconds", self.max_call_seconds.as_ref())?
+            .unwrap_or(DEFAULT_MAX_CALL_SECONDS);
+        if !(1..=MAX_CALL_SECONDS_LIMIT).contains(&max_call_seconds) {
+            return Err(invalid("max_call_seconds", format!("must be from 1 to {MAX_CALL_SECONDS_LIMIT}")));
+        }
+        let max_concurrent_calls = u64_setting("max_concurrent_calls", self.max_concurrent_calls.as_ref())?
+            .map_or(Ok(DEFAULT_MAX_CONCURRENT_CALLS), usize::try_from)
+            .map_err(|_| invalid("max_concurrent_calls", "too large"))?;
+        if !(1..=MAX_CONCURRENT_CALLS_LIMIT).contains(&max_concurrent_calls) {
+            return Err(invalid(
+                "max_concurrent_calls",
+                format!("must be from 1 to {MAX_CONCURRENT_CALLS_LIMIT}"),
+            ));
+        }
         Ok(Config {
             listen,
             chain,
@@ -166,6 +197,8 @@ impl RawSettings {
             lease_ttl: Duration::from_secs(lease_ttl),
             confirmations: u64_setting("confirmations", self.confirmations.as_ref())?.unwrap_or(12),
             max_message_bytes,
+            max_call_duration: Duration::from_secs(max_call_seconds),
+            max_concurrent_calls,
         })
     }
 
@@ -290,6 +323,8 @@ mod tests {
         assert_eq!(config.chain, None);
         assert_eq!(config.listen, DEFAULT_LISTEN.parse().unwrap());
         assert_eq!(config.max_message_bytes, DEFAULT_MAX_MESSAGE_BYTES);
+        assert_eq!(config.max_call_duration, Duration::from_secs(DEFAULT_MAX_CALL_SECONDS));
+        assert_eq!(config.max_concurrent_calls, DEFAULT_MAX_CONCURRENT_CALLS);
     }
 
     #[test]
@@ -338,6 +373,19 @@ mod tests {
             (RawSettings { upstream: Some("https://127.0.0.1:1".into()), ..full() }, "upstream"),
             (RawSettings { listen: Some("7000".into()), ..full() }, "listen"),
             (RawSettings { lease_ttl_seconds: Some(toml::Value::Integer(0)), ..full() }, "lease_ttl_seconds"),
+            (RawSettings { max_call_seconds: Some(toml::Value::Integer(0)), ..full() }, "max_call_seconds"),
+            (
+                RawSettings { max_call_seconds: Some(toml::Value::Integer(86_401)), ..full() },
+                "max_call_seconds",
+            ),
+            (
+                RawSettings { max_concurrent_calls: Some(toml::Value::Integer(0)), ..full() },
+                "max_concurrent_calls",
+            ),
+            (
+                RawSettings { max_concurrent_calls: Some(toml::Value::String("many".into())), ..full() },
+                "max_concurrent_calls",
+            ),
         ];
         for (raw, key) in cases {
             let error = raw.validate().unwrap_err();

@@ -1,288 +1,22 @@
 //! Paid calls end to end: a raw HTTP/2 gRPC client (so that the seed's raw status 1000 is visible)
 //! calls the ledger's gateway, served as the axum fallback, on a real chain (ganache running the real
 //! MultiPartyEscrow) and a real Postgres; the gateway forwards to the example upstream service of
-//! `common::upstream`. Every refusal asserts the code, the message, that the service was not called,
-//! and that neither the event log nor any projection changed.
+//! `common::upstream` (harness: `common::gateway`). Every refusal asserts the code, the message, that
+//! the service was not called, and that neither the event log nor any projection changed. Streaming,
+//! deadlines and limits are in `tests/streaming.rs`.
 
 mod common;
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use axum::routing::get;
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
-use common::TestDb;
-use common::ganache::{Account, Ganache, Mpe};
-use common::upstream::{self, Upstream, frame_message, split_messages};
-use http::{HeaderMap, Request, StatusCode};
-use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full, StreamBody};
-use hyper::body::{Bytes, Frame};
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use common::ganache::Ganache;
+use common::gateway::*;
+use common::upstream;
 use mpe_ledger::chain::EthChain;
-use mpe_ledger::domain::payment::Pricing;
-use mpe_ledger::domain::{Amount, ChannelEvent, ChannelId, GroupId, PaymentChannelKey};
-use mpe_ledger::escrow::EscrowConfig;
-use mpe_ledger::escrow::channels::ChannelSource;
-use mpe_ledger::escrow::payments::PaymentService;
+use mpe_ledger::domain::ChannelId;
 use mpe_ledger::grpc::paid_call::PaidCallGateway;
-use mpe_ledger::store::ChannelStore;
-use mpe_ledger::store::leases::PgLeases;
-use mpe_ledger::store::postgres::{PgChannelStore, PgLedger};
-use tokio::task::JoinHandle;
-
-const PRICE: u64 = 10;
-const GROUP: [u8; 32] = [7; 32];
-const MAX_MESSAGE_BYTES: usize = 1024;
-const LEASE_TTL: Duration = Duration::from_secs(30);
-
-/// gRPC status codes the tests expect.
-const OK: u32 = 0;
-const INVALID_ARGUMENT: u32 = 3;
-const RESOURCE_EXHAUSTED: u32 = 8;
-const FAILED_PRECONDITION: u32 = 9;
-const UNIMPLEMENTED: u32 = 12;
-const UNAVAILABLE: u32 = 14;
-const UNAUTHENTICATED: u32 = 16;
-const INCORRECT_NONCE: u32 = 1000;
-
-/// The gateway served by axum on a free loopback port; stopped when dropped.
-struct Served {
-    address: SocketAddr,
-    task: JoinHandle<()>,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn serve(gateway: PaidCallGateway<EthChain>) -> Served {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    // Another route beside the gateway, as on the public port.
-    let app = gateway.mount(Router::new().route("/healthz", get(|| async { "ok\n" })));
-    let task = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    Served { address, task }
-}
-
-/// Metadata as it goes on the wire: text values, `-bin` values already base64.
-type Metadata = Vec<(String, String)>;
-
-/// A gRPC reply as a client reads it.
-#[derive(Debug)]
-struct Reply {
-    status: u32,
-    message: String,
-    messages: Vec<Vec<u8>>,
-}
-
-type RequestBody = UnsyncBoxBody<Bytes, Infallible>;
-
-/// A raw HTTP/2 cleartext gRPC client: frames built by hand, status read as a number.
-#[derive(Clone)]
-struct RawClient {
-    address: SocketAddr,
-    sender: SendRequest<RequestBody>,
-}
-
-impl RawClient {
-    async fn connect(address: SocketAddr) -> Self {
-        let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
-        let (sender, connection) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await.unwrap();
-        tokio::spawn(connection);
-        Self { address, sender }
-    }
-
-    async fn call(&self, path: &str, metadata: &Metadata, messages: &[&[u8]]) -> Reply {
-        self.call_with_content_type(path, metadata, messages, "application/grpc").await
-    }
-
-    async fn call_with_content_type(
-        &self,
-        path: &str,
-        metadata: &Metadata,
-        messages: &[&[u8]],
-        content_type: &str,
-    ) -> Reply {
-        let body: Vec<u8> = messages.iter().flat_map(|m| frame_message(m)).collect();
-        self.send(path, metadata, content_type, Full::new(Bytes::from(body)).boxed_unsync()).await
-    }
-
-    /// A client stream whose messages leave one DATA frame at a time, `pause` apart.
-    async fn call_paced(
-        &self,
-        path: &str,
-        metadata: &Metadata,
-        messages: Vec<Vec<u8>>,
-        pause: Duration,
-    ) -> Reply {
-        let (frames, body) = futures::channel::mpsc::unbounded::<Result<Frame<Bytes>, Infallible>>();
-        tokio::spawn(async move {
-            for message in messages {
-                if frames.unbounded_send(Ok(Frame::data(frame_message(&message)))).is_err() {
-                    return;
-                }
-                tokio::time::sleep(pause).await;
-            }
-        });
-        self.send(path, metadata, "application/grpc", StreamBody::new(body).boxed_unsync()).await
-    }
-
-    async fn send(&self, path: &str, metadata: &Metadata, content_type: &str, body: RequestBody) -> Reply {
-        let mut request = Request::post(format!("http://{}{path}", self.address))
-            .header("content-type", content_type)
-            .header("te", "trailers");
-        for (key, value) in metadata {
-            request = request.header(key.as_str(), value.as_str());
-        }
-        let request = request.body(body).unwrap();
-        let mut sender = self.sender.clone();
-        let response = sender.send_request(request).await.unwrap();
-        assert_eq!(response.status(), StatusCode::OK, "every reply is HTTP 200");
-        let headers = response.headers().clone();
-        let content_type = headers.get("content-type").map(|v| v.to_str().unwrap().to_owned());
-        assert!(content_type.is_some_and(|t| t.starts_with("application/grpc")), "{headers:?}");
-        let collected = response.into_body().collect().await.unwrap();
-        let trailers = collected.trailers().cloned().unwrap_or_default();
-        let messages = split_messages(&collected.to_bytes());
-        let (status, message) =
-            grpc_status(&trailers).or_else(|| grpc_status(&headers)).expect("a grpc-status");
-        Reply { status, message, messages }
-    }
-}
-
-fn grpc_status(headers: &HeaderMap) -> Option<(u32, String)> {
-    let status = headers.get("grpc-status")?.to_str().unwrap().parse().unwrap();
-    let message = headers.get("grpc-message").map_or(String::new(), |v| {
-        percent_encoding::percent_decode_str(v.to_str().unwrap()).decode_utf8().unwrap().into_owned()
-    });
-    Some((status, message))
-}
-
-/// One chain, one database, one channel from the client (account 1) to the provider (account 2),
-/// the upstream service, and the gateway serving in front of it.
-struct World<'a> {
-    ganache: &'a Ganache,
-    mpe: Mpe<'a>,
-    db: TestDb,
-    channel: ChannelId,
-    upstream: Upstream,
-    served: Served,
-    client: RawClient,
-}
-
-impl<'a> World<'a> {
-    async fn new(ganache: &'a Ganache) -> Self {
-        Self::build(ganache, LEASE_TTL, None).await
-    }
-
-    /// `upstream_url` replaces the running upstream's address (e.g. with a closed port).
-    async fn build(ganache: &'a Ganache, lease_ttl: Duration, upstream_url: Option<String>) -> Self {
-        let mpe = Mpe::deploy(ganache).await;
-        let client = ganache.account(1);
-        mpe.mint_and_deposit(client, 10_000).await;
-        let expiration = ganache.block_number().await + 1000;
-        let channel = mpe
-            .open_channel(client, client.address, ganache.account(2).address, GROUP, 1000, expiration)
-            .await;
-        let db = TestDb::new().await;
-        let config = Arc::new(EscrowConfig {
-            mpe: mpe.eth_address(),
-            group_id: GroupId(GROUP),
-            payment_address: ganache.account(2).eth_address(),
-            expiration_threshold: 0,
-            pricing: Pricing::Fixed(Amount::from(PRICE)),
-            replica_id: "replica-a".to_owned(),
-            lease_ttl,
-            confirmations: 0,
-            claim_log_lookback: 10_000,
-            chain_cache_age: Duration::from_secs(5),
-        });
-        let chain = EthChain::connect(ganache.url(), mpe.eth_address()).unwrap();
-        let ledger = PgLedger::new(db.pool.clone(), db.metrics.clone());
-        let source = Arc::new(ChannelSource::new(ledger, chain, config.clone()));
-        let leases = PgLeases::new(db.pool.clone(), db.metrics.clone());
-        let payments = Arc::new(PaymentService::new(source, leases, config.clone()));
-        let upstream = Upstream::start().await;
-        let url = upstream_url.unwrap_or_else(|| upstream.url.clone());
-        let gateway = PaidCallGateway::new(payments, &config, &url, MAX_MESSAGE_BYTES).unwrap();
-        let served = serve(gateway).await;
-        let client = RawClient::connect(served.address).await;
-        Self { ganache, mpe, db, channel, upstream, served, client }
-    }
-
-    fn sender(&self) -> &Account {
-        self.ganache.account(1)
-    }
-
-    /// The metadata snet-cli sends for a payment signed by `signer` on `channel`.
-    fn metadata_for(&self, signer: &Account, channel: ChannelId, nonce: u64, amount: u64) -> Metadata {
-        let signature = self.mpe.sign_payment(signer, channel, nonce, amount);
-        [
-            ("snet-payment-type", "escrow".to_owned()),
-            ("snet-payment-channel-id", channel.to_string()),
-            ("snet-payment-channel-nonce", nonce.to_string()),
-            ("snet-payment-channel-amount", amount.to_string()),
-            ("snet-payment-channel-signature-bin", STANDARD.encode(signature.0)),
-            ("snet-payment-mpe-address", self.mpe.eth_address().to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect()
-    }
-
-    fn metadata(&self, nonce: u64, amount: u64) -> Metadata {
-        self.metadata_for(self.sender(), self.channel, nonce, amount)
-    }
-
-    async fn call(&self, path: &str, metadata: &Metadata) -> Reply {
-        self.client.call(path, metadata, &[b"hello"]).await
-    }
-
-    /// The amounts of the channel's `payment accepted` events, in order.
-    async fn accepted_amounts(&self) -> Vec<Amount> {
-        PgChannelStore::new(self.db.pool.clone(), self.db.metrics.clone())
-            .events(&PaymentChannelKey::new(self.channel))
-            .await
-            .unwrap()
-            .into_iter()
-            .filter_map(|event| match event {
-                ChannelEvent::PaymentAccepted { amount, .. } => Some(amount),
-                _ => None,
-            })
-            .collect()
-    }
-
-    /// Everything a refused call must leave untouched.
-    async fn snapshot(&self) -> (i64, Vec<String>) {
-        (self.db.event_count().await, self.db.projections_snapshot().await)
-    }
-
-    async fn pay_successfully(&self, nonce: u64, amount: u64) {
-        let reply = self.call(upstream::ECHO, &self.metadata(nonce, amount)).await;
-        assert_eq!((reply.status, reply.message.as_str()), (OK, ""), "payment of {amount}");
-    }
-}
-
-fn amounts(values: &[u64]) -> Vec<Amount> {
-    values.iter().copied().map(Amount::from).collect()
-}
-
-fn with(metadata: &Metadata, key: &str, value: &str) -> Metadata {
-    metadata.iter().map(|(k, v)| (k.clone(), if k == key { value.to_owned() } else { v.clone() })).collect()
-}
-
-fn without(metadata: &Metadata, key: &str) -> Metadata {
-    metadata.iter().filter(|(k, _)| k != key).cloned().collect()
-}
 
 #[tokio::test]
 async fn a_paid_unary_call_is_forwarded_with_the_sender_and_committed_once() {
@@ -612,7 +346,8 @@ async fn an_unreachable_upstream_is_unavailable_and_the_payment_is_rolled_back()
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         format!("http://{}", listener.local_addr().unwrap())
     };
-    let world = World::build(&ganache, LEASE_TTL, Some(closed)).await;
+    let world =
+        World::build(&ganache, WorldOptions { upstream_url: Some(closed), ..WorldOptions::default() }).await;
     let before = world.snapshot().await;
     for _ in 0..2 {
         // The second attempt is not "in progress": the first one released the lease.
@@ -627,7 +362,7 @@ async fn a_long_call_keeps_its_lease_renewed_past_the_lease_lifetime() {
     let ganache = Ganache::start().await;
     let lease_ttl = Duration::from_secs(1);
     assert!(upstream::SLOW_CALL > 2 * lease_ttl);
-    let world = World::build(&ganache, lease_ttl, None).await;
+    let world = World::build(&ganache, WorldOptions { lease_ttl, ..WorldOptions::default() }).await;
     let metadata = world.metadata(0, PRICE);
     let client = world.client.clone();
     let slow = tokio::spawn(async move { client.call(upstream::SLOW, &metadata, &[b"hello"]).await });

@@ -43,6 +43,8 @@ impl EthChain {
             "https" => return Err(invalid("https is not supported: no TLS backend is built in".into())),
             other => return Err(invalid(format!("scheme {other:?} is not http"))),
         }
+        // reqwest has TLS compiled in (for https:// nodes): it needs the process's crypto provider.
+        crate::tls::install_crypto_provider();
         let client = reqwest::Client::builder()
             .timeout(RPC_TIMEOUT)
             .connect_timeout(RPC_TIMEOUT)

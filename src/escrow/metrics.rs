@@ -1,10 +1,23 @@
 //! Counters of the escrow: what operators watch to see payments, refusals, lease contention and
 //! how often the chain is read; and where a paid call's time goes.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 /// The phases of a paid call timed in [`EscrowMetrics::paid_call_seconds`].
 pub const PAID_CALL_PHASES: [&str; 3] = ["payment_start", "upstream", "payment_commit"];
+/// How a paid call ended, in [`EscrowMetrics::paid_call_duration`]: `committed` (the service
+/// answered status 0 and the payment is recorded), `failed` (forwarded, nothing recorded: the
+/// service's error, a deadline, a broken stream, a failed commit), `refused` (never forwarded).
+pub const PAID_CALL_OUTCOMES: [&str; 3] = ["committed", "failed", "refused"];
+/// The limits of [`EscrowMetrics::paid_call_limits`]: `deadline` (a call cut at its deadline),
+/// `concurrency` (a call refused because `max_concurrent_calls` were in flight).
+pub const PAID_CALL_LIMITS: [&str; 2] = ["deadline", "concurrency"];
+
+/// Buckets of the paid-call histograms, in seconds: 100 µs to 5 minutes.
+const SECONDS_BUCKETS: [f64; 19] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    30.0, 60.0, 300.0,
+];
 
 #[derive(Clone)]
 pub struct EscrowMetrics {
@@ -21,8 +34,16 @@ pub struct EscrowMetrics {
     /// Chain reads that failed (the stored state was used when known).
     pub chain_read_failures: IntCounter,
     /// Seconds spent in each phase of a paid call ([`PAID_CALL_PHASES`]): validating the payment
-    /// and taking its lease, the upstream service's call (to its last reply byte), recording it.
+    /// and taking its lease, the upstream service's call (the upstream latency: from the request
+    /// sent to the service's final status), recording it.
     pub paid_call_seconds: HistogramVec,
+    /// Seconds of a whole paid call, from its arrival to its final status, by outcome
+    /// ([`PAID_CALL_OUTCOMES`]).
+    pub paid_call_duration: HistogramVec,
+    /// Paid calls between their arrival and their end (what `max_concurrent_calls` bounds).
+    pub paid_calls_in_flight: IntGauge,
+    /// Paid calls stopped by a limit ([`PAID_CALL_LIMITS`]).
+    pub paid_call_limits: IntCounterVec,
 }
 
 impl EscrowMetrics {
@@ -52,11 +73,24 @@ impl EscrowMetrics {
             chain_read_failures: counter("mpe_ledger_chain_read_failures_total", "Failed channels(id) reads"),
             paid_call_seconds: HistogramVec::new(
                 HistogramOpts::new("mpe_ledger_paid_call_seconds", "Seconds per phase of a paid call")
-                    .buckets(vec![
-                        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                        1.0, 2.5, 5.0, 10.0, 30.0,
-                    ]),
+                    .buckets(SECONDS_BUCKETS.to_vec()),
                 &["phase"],
+            )
+            .expect("valid metric"),
+            paid_call_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "mpe_ledger_paid_call_duration_seconds",
+                    "Seconds of a whole paid call by outcome",
+                )
+                .buckets(SECONDS_BUCKETS.to_vec()),
+                &["outcome"],
+            )
+            .expect("valid metric"),
+            paid_calls_in_flight: IntGauge::new("mpe_ledger_paid_calls_in_flight", "Paid calls in flight")
+                .expect("valid metric"),
+            paid_call_limits: IntCounterVec::new(
+                Opts::new("mpe_ledger_paid_call_limits_total", "Paid calls stopped by a limit"),
+                &["limit"],
             )
             .expect("valid metric"),
         }
@@ -67,6 +101,12 @@ impl EscrowMetrics {
         for phase in PAID_CALL_PHASES {
             metrics.paid_call_seconds.with_label_values(&[phase]);
         }
+        for outcome in PAID_CALL_OUTCOMES {
+            metrics.paid_call_duration.with_label_values(&[outcome]);
+        }
+        for limit in PAID_CALL_LIMITS {
+            metrics.paid_call_limits.with_label_values(&[limit]);
+        }
         for collector in [
             Box::new(metrics.payments.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(metrics.payment_errors.clone()),
@@ -75,6 +115,9 @@ impl EscrowMetrics {
             Box::new(metrics.chain_cache_hits.clone()),
             Box::new(metrics.chain_read_failures.clone()),
             Box::new(metrics.paid_call_seconds.clone()),
+            Box::new(metrics.paid_call_duration.clone()),
+            Box::new(metrics.paid_calls_in_flight.clone()),
+            Box::new(metrics.paid_call_limits.clone()),
         ] {
             registry.register(collector).expect("metric names are unique");
         }

@@ -240,27 +240,30 @@ impl<C: ChainReader> PaymentService<C> {
     /// [`MIN_RENEWAL_INTERVAL`]); renewing stops with `work`. A lease found lost is logged and no
     /// longer renewed (its commit will be refused); a failed renewal is tried again at the next tick.
     pub async fn while_renewing<T>(&self, lease: &Lease, work: impl Future<Output = T>) -> T {
-        let renewal = async {
-            let every = (self.config.lease_ttl / 3).max(MIN_RENEWAL_INTERVAL);
-            let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticker.tick().await;
-                match self.leases.renew(lease, self.config.lease_ttl).await {
-                    Ok(true) => tracing::debug!("lease renewed"),
-                    Ok(false) => {
-                        tracing::warn!("lease lost: this payment will not be recorded");
-                        break;
-                    }
-                    Err(error) => tracing::warn!(%error, "lease renewal failed; trying again"),
-                }
-            }
-            std::future::pending::<Infallible>().await
-        };
         tokio::select! {
             output = work => output,
-            never = renewal => match never {},
+            never = self.keep_renewed(lease) => match never {},
         }
+    }
+
+    /// Renews `lease` every `lease_ttl / 3` (at least every [`MIN_RENEWAL_INTERVAL`]) until
+    /// dropped; a lease found lost is logged and no longer renewed.
+    pub async fn keep_renewed(&self, lease: &Lease) -> Infallible {
+        let every = (self.config.lease_ttl / 3).max(MIN_RENEWAL_INTERVAL);
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            match self.leases.renew(lease, self.config.lease_ttl).await {
+                Ok(true) => tracing::debug!("lease renewed"),
+                Ok(false) => {
+                    tracing::warn!("lease lost: this payment will not be recorded");
+                    break;
+                }
+                Err(error) => tracing::warn!(%error, "lease renewal failed; trying again"),
+            }
+        }
+        std::future::pending::<Infallible>().await
     }
 
     /// Gives the lease back; nothing is recorded.

@@ -20,7 +20,7 @@ use crate::escrow::claims::ClaimService;
 use crate::escrow::metrics::EscrowMetrics;
 use crate::escrow::payments::PaymentService;
 use crate::grpc::escrow_routes;
-use crate::grpc::paid_call::PaidCallGateway;
+use crate::grpc::paid_call::{GatewaySettings, PaidCallGateway};
 use crate::http::{HttpState, router};
 use crate::store::leases::PgLeases;
 use crate::store::postgres::{self, PgLedger};
@@ -177,13 +177,17 @@ pub fn public_router(
         http = http.merge(routes.into_axum_router());
     }
     let gateway = match (escrow, &config.chain) {
-        (Some(escrow), Some(chain)) => PaidCallGateway::new(
-            escrow.payments.clone(),
-            &escrow.config,
-            &chain.upstream,
-            config.max_message_bytes,
-        )
-        .context("invalid setting upstream")?,
+        (Some(escrow), Some(chain)) => {
+            let settings = GatewaySettings {
+                upstream: chain.upstream.clone(),
+                upstream_tls: None,
+                max_message_bytes: config.max_message_bytes,
+                max_call_duration: config.max_call_duration,
+                max_concurrent_calls: config.max_concurrent_calls,
+            };
+            PaidCallGateway::new(escrow.payments.clone(), &escrow.config, &settings)
+                .context("invalid setting upstream")?
+        }
         _ => PaidCallGateway::<EthChain>::without_chain(),
     };
     Ok(gateway.mount(http))

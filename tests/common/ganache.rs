@@ -123,6 +123,8 @@ pub struct Ganache {
 
 impl Ganache {
     pub async fn start() -> Self {
+        // alloy's HTTP transport has TLS compiled in, which needs the process's crypto provider.
+        mpe_ledger::tls::install_crypto_provider();
         let ganache = test_env().join("node_modules/.bin/ganache");
         require(&ganache);
         let port = free_port();

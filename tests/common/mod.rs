@@ -10,6 +10,7 @@ pub mod contract;
 pub mod e2e;
 pub mod escrow;
 pub mod ganache;
+pub mod gateway;
 pub mod pg_proxy;
 pub mod upstream;
 
