@@ -172,9 +172,16 @@ impl RawClient {
         response
     }
 
-    /// A call whose request the test streams itself: the frames' sender and the reply, open.
-    pub async fn open_streaming(&self, path: &str, metadata: &Metadata) -> (RequestFrames, StreamingReply) {
+    /// A call whose request the test streams itself, `first` sent at once (the gateway reads the
+    /// first message before it forwards anything): the frames' sender and the reply, open.
+    pub async fn open_streaming(
+        &self,
+        path: &str,
+        metadata: &Metadata,
+        first: &[u8],
+    ) -> (RequestFrames, StreamingReply) {
         let (frames, body) = futures::channel::mpsc::unbounded::<Result<Frame<Bytes>, Infallible>>();
+        frames.unbounded_send(Ok(Frame::data(frame_message(first)))).unwrap();
         let response =
             self.open(path, metadata, "application/grpc", StreamBody::new(body).boxed_unsync()).await;
         let headers = response.headers().clone();

@@ -1,0 +1,115 @@
+//! The production wire of paid calls, in the gateway: replies streamed as the service sends them,
+//! bidirectional calls, memory bounded by what is in flight, deadlines and the concurrency limit.
+//! Harness: `common::gateway` (the gateway in the test process, a raw HTTP/2 client) and, for the
+//! memory bound, `common::e2e::Ledger` (`mpe-ledger serve` as a child process, whose peak RSS is
+//! read from /proc).
+
+mod common;
+
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+
+use common::ganache::Ganache;
+use common::gateway::*;
+use common::upstream::{self, frame_message};
+use hyper::body::Frame;
+use mpe_ledger::grpc::paid_call::parse_grpc_timeout;
+
+/// How long a test waits for something that should come at once.
+const PROMPTLY: Duration = Duration::from_secs(10);
+
+async fn promptly<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(PROMPTLY, future).await.unwrap_or_else(|_| panic!("{what} did not come in time"))
+}
+
+fn send(frames: &RequestFrames, message: &[u8]) {
+    frames.unbounded_send(Ok::<_, Infallible>(Frame::data(frame_message(message)))).unwrap();
+}
+
+#[tokio::test]
+async fn a_bidirectional_echo_exchanges_messages_one_at_a_time() {
+    let ganache = Ganache::start().await;
+    let world = World::new(&ganache).await;
+    let (frames, mut reply) =
+        world.client.open_streaming(upstream::BIDI, &world.metadata(0, PRICE), &[0; 3]).await;
+    for round in 0..5u8 {
+        let message = vec![round; 3];
+        if round > 0 {
+            send(&frames, &message);
+        }
+        // The next message is sent only once this one came back: a ping-pong.
+        assert_eq!(promptly("the echo", reply.next()).await, Next::Message(message));
+    }
+    drop(frames);
+    assert_eq!(promptly("the status", reply.next()).await, Next::Status(OK, String::new()));
+    assert_eq!(world.accepted_amounts().await, amounts(&[PRICE]));
+}
+
+#[tokio::test]
+async fn a_hung_service_is_cut_at_the_deadline_and_its_channel_takes_the_next_payment_at_once() {
+    let ganache = Ganache::start().await;
+    let max_call = Duration::from_secs(2);
+    let world =
+        World::build(&ganache, WorldOptions { max_call_duration: max_call, ..WorldOptions::default() }).await;
+    let before = world.snapshot().await;
+    let started = Instant::now();
+    let reply = world.call(upstream::HANG, &world.metadata(0, PRICE)).await;
+    let took = started.elapsed();
+    assert_eq!(
+        (reply.status, reply.message.as_str()),
+        (DEADLINE_EXCEEDED, "deadline exceeded: the call ran past the ledger's longest call duration (2 s)")
+    );
+    assert!(took >= max_call && took < max_call + Duration::from_secs(3), "cut after {took:?}");
+    assert_eq!(world.snapshot().await, before, "nothing recorded for the cut call");
+    assert_eq!(world.leases_held().await, 0, "the lease was released at once");
+    // The upstream stream was reset, so the service stops working for nobody.
+    promptly("the reset", async {
+        while world.upstream.hangs_reset() == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // Well before any lease expiry, the same payment goes through.
+    world.pay_successfully(0, PRICE).await;
+    assert_eq!(world.accepted_amounts().await, amounts(&[PRICE]));
+    assert_eq!(world.metrics.paid_call_limits.with_label_values(&["deadline"]).get(), 1);
+}
+
+#[tokio::test]
+async fn the_clients_grpc_timeout_is_enforced_and_the_time_left_is_forwarded() {
+    let ganache = Ganache::start().await;
+    let world = World::new(&ganache).await;
+    let mut metadata = world.metadata(0, PRICE);
+    metadata.push(("grpc-timeout".to_owned(), "800m".to_owned()));
+    let before = world.snapshot().await;
+    let reply = world.call(upstream::HANG, &metadata).await;
+    assert_eq!(
+        (reply.status, reply.message.as_str()),
+        (DEADLINE_EXCEEDED, "deadline exceeded: the call ran past the client's grpc-timeout")
+    );
+    assert_eq!(world.snapshot().await, before);
+    let forwarded = world.upstream.last_call().headers["grpc-timeout"].to_str().unwrap().to_owned();
+    let left = parse_grpc_timeout(forwarded.as_bytes()).expect("a well-formed grpc-timeout upstream");
+    assert!(left <= Duration::from_millis(800) && left > Duration::ZERO, "forwarded {forwarded}");
+
+    // A call well within its timeout is served and recorded.
+    let mut metadata = world.metadata(0, PRICE);
+    metadata.push(("grpc-timeout".to_owned(), "30S".to_owned()));
+    let reply = world.call(upstream::ECHO, &metadata).await;
+    assert_eq!((reply.status, reply.message.as_str()), (OK, ""));
+    assert_eq!(world.accepted_amounts().await, amounts(&[PRICE]));
+}
+
+#[tokio::test]
+async fn a_malformed_grpc_timeout_is_refused_before_anything_is_forwarded() {
+    let ganache = Ganache::start().await;
+    let world = World::new(&ganache).await;
+    let before = world.snapshot().await;
+    let mut metadata = world.metadata(0, PRICE);
+    metadata.push(("grpc-timeout".to_owned(), "soon".to_owned()));
+    let reply = world.call(upstream::ECHO, &metadata).await;
+    assert_eq!((reply.status, reply.message.as_str()), (INVALID_ARGUMENT, "malformed grpc-timeout \"soon\""));
+    assert_eq!(world.upstream.call_count(), 0);
+    assert_eq!(world.snapshot().await, before);
+    assert_eq!(world.leases_held().await, 0);
+}
