@@ -33,7 +33,7 @@ use tokio::task::JoinHandle;
 use super::TestDb;
 use super::escrow::escrow_config;
 use super::ganache::{Account, Ganache, Mpe};
-use super::upstream::{self, Upstream, frame_message, split_messages};
+use super::upstream::{self, Upstream, frame_message, split_messages, take_message};
 
 pub const PRICE: u64 = 10;
 pub const GROUP: [u8; 32] = [7; 32];
@@ -243,19 +243,6 @@ impl StreamingReply {
             }
         }
     }
-}
-
-fn take_message(buffer: &mut Vec<u8>) -> Option<Vec<u8>> {
-    if buffer.len() < 5 {
-        return None;
-    }
-    let len = u32::from_be_bytes(buffer[1..5].try_into().unwrap()) as usize;
-    if buffer.len() < 5 + len {
-        return None;
-    }
-    let message = buffer[5..5 + len].to_vec();
-    buffer.drain(..5 + len);
-    Some(message)
 }
 
 pub fn grpc_status(headers: &HeaderMap) -> Option<(u32, String)> {

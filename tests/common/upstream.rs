@@ -239,7 +239,8 @@ fn hang(shared: Arc<Shared>) -> impl futures::Stream<Item = Frame<Bytes>> + Send
     })
 }
 
-fn take_message(buffer: &mut Vec<u8>) -> Option<Vec<u8>> {
+/// Takes the first whole gRPC message off the front of `buffer`, if one is there.
+pub fn take_message(buffer: &mut Vec<u8>) -> Option<Vec<u8>> {
     if buffer.len() < 5 {
         return None;
     }
