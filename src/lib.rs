@@ -11,7 +11,10 @@
 //! - [`chain`]: reading the MPE contract (channels, blocks, claim logs) with alloy.
 //! - [`escrow`]: the seed's services on the log: payment transactions, merged channel state, claims.
 //! - [`http`]: `/healthz` and `/metrics`.
-//! - [`startup`]: the embedded Postgres cluster and the `serve` wiring; [`cli`] and [`telemetry`] are
+//! - [`tls`]: the one crypto provider (ring), the trust of outgoing connections (system roots plus a
+//!   CA file), and the public port's certificate, reloadable on SIGHUP.
+//! - [`startup`]: the embedded Postgres cluster, the public port's accept loop (plain or TLS, HTTP/1.1
+//!   and HTTP/2, graceful shutdown, SIGHUP) and the `serve` wiring; [`cli`] and [`telemetry`] are
 //!   the binary's edges.
 
 pub mod chain;
