@@ -6,14 +6,19 @@
 //! | key | meaning | default |
 //! |---|---|---|
 //! | `listen` | the public port: gRPC (escrow services, paid calls) and HTTP `/healthz`, `/metrics` | `127.0.0.1:7000` |
-//! | `ethereum_rpc_url` | JSON-RPC of the chain holding the MPE (`http://` only for now) | none: paid calls refused |
+//! | `tls_cert_file` | PEM certificate chain of the public port (leaf first); with it the port speaks only TLS | none: plain (h2c) |
+//! | `tls_key_file` | PEM private key of that certificate; both or neither | none |
+//! | `max_connections` | most connections open on the public port at once (further ones wait in the backlog) | `4096` |
+//! | `ethereum_rpc_url` | JSON-RPC of the chain holding the MPE, `http://` or `https://` | none: paid calls refused |
+//! | `ethereum_rpc_ca_file` | PEM CA certificate(s) trusted for an `https://` node besides the system's roots | none |
 //! | `mpe_address` | the MultiPartyEscrow contract | required with the chain |
 //! | `group_id` | this replica group's id, base64 (as in org metadata) or 0x-hex, 32 bytes | required with the chain |
 //! | `payment_address` | the provider's address: recipient of channels, signer of control calls | required with the chain |
 //! | `payment_expiration_threshold` | blocks before expiration from which payments are refused | `40320` |
 //! | `price` | one price in cogs for every method (decimal) | required unless `prices` |
 //! | `prices` | table: full gRPC method name → price (file only) | |
-//! | `upstream` | the AI service calls are forwarded to over h2c, e.g. `http://127.0.0.1:50051` | required with the chain |
+//! | `upstream` | the AI service calls are forwarded to, `http://` (h2c) or `https://` (h2 over TLS) | required with the chain |
+//! | `upstream_ca_file` | PEM CA certificate(s) trusted for an `https://` upstream besides the system's roots | none |
 //! | `replica_id` | lease holder name of this replica | host name and process id |
 //! | `lease_ttl_seconds` | lease lifetime without renewal | `30` |
 //! | `confirmations` | blocks before a claim seen on chain is recorded | `12` |
@@ -23,10 +28,16 @@
 //!
 //! With none of the chain settings the ledger runs (storage, health, metrics) and refuses paid calls
 //! (design.md §8); with some but not all of them, start-up fails naming the first missing one.
+//!
+//! The TLS settings are checked for presence here and read at start-up (`crate::tls`), where a
+//! file that cannot be used stops start-up naming the setting and the file. Decided here: a CA file
+//! is only accepted with an `https://` URL of its own (`ethereum_rpc_ca_file` with
+//! `ethereum_rpc_url`, `upstream_ca_file` with `upstream`), since a CA file that would be ignored is
+//! a configuration mistake; any scheme other than `http://` and `https://` is refused.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine;
@@ -34,6 +45,7 @@ use serde::Deserialize;
 
 use crate::domain::payment::Pricing;
 use crate::domain::{Amount, EthAddress, GroupId};
+use crate::tls::ServerCertFiles;
 
 /// One setting that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -52,7 +64,11 @@ fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
 #[serde(deny_unknown_fields)]
 pub struct RawSettings {
     pub listen: Option<String>,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    pub max_connections: Option<toml::Value>,
     pub ethereum_rpc_url: Option<String>,
+    pub ethereum_rpc_ca_file: Option<PathBuf>,
     pub mpe_address: Option<String>,
     pub group_id: Option<String>,
     pub payment_address: Option<String>,
@@ -60,6 +76,7 @@ pub struct RawSettings {
     pub price: Option<toml::Value>,
     pub prices: Option<BTreeMap<String, toml::Value>>,
     pub upstream: Option<String>,
+    pub upstream_ca_file: Option<PathBuf>,
     pub replica_id: Option<String>,
     pub lease_ttl_seconds: Option<toml::Value>,
     pub confirmations: Option<toml::Value>,
@@ -72,18 +89,25 @@ pub struct RawSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainSettings {
     pub rpc_url: String,
+    /// Trusted for an `https://` `rpc_url` besides the system's roots.
+    pub rpc_ca_file: Option<PathBuf>,
     pub mpe_address: EthAddress,
     pub group_id: GroupId,
     pub payment_address: EthAddress,
     pub expiration_threshold: u64,
     pub pricing: Pricing,
     pub upstream: String,
+    /// Trusted for an `https://` `upstream` besides the system's roots.
+    pub upstream_ca_file: Option<PathBuf>,
 }
 
 /// Validated settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// The public port's certificate and key; `None` serves plain HTTP/1.1 and h2c.
+    pub tls: Option<ServerCertFiles>,
+    pub max_connections: usize,
     pub chain: Option<ChainSettings>,
     pub replica_id: String,
     pub lease_ttl: Duration,
@@ -105,6 +129,12 @@ pub const DEFAULT_MAX_CONCURRENT_CALLS: usize = 1024;
 /// The most `max_concurrent_calls` accepts (tokio's semaphore holds fewer than 2^61 permits; far
 /// above what one process's connections and pool could serve).
 pub const MAX_CONCURRENT_CALLS_LIMIT: usize = 1 << 20;
+/// Open connections of the public port: each costs a task and its buffers (tens of KiB), so 4096
+/// stays far below memory limits while allowing 16 times the benchmark's 256 clients.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// The most `max_connections` accepts (tokio's semaphore holds fewer than 2^61 permits; far above
+/// the file descriptors one process gets).
+pub const MAX_CONNECTIONS_LIMIT: usize = 1 << 20;
 
 impl RawSettings {
     /// Reads a TOML file.
@@ -127,14 +157,24 @@ impl RawSettings {
                 *slot = Some(toml::Value::String(value));
             }
         };
+        let path = |key: &str, slot: &mut Option<PathBuf>| {
+            if let Some(value) = var(key) {
+                *slot = Some(PathBuf::from(value));
+            }
+        };
         text("listen", &mut self.listen);
+        path("tls_cert_file", &mut self.tls_cert_file);
+        path("tls_key_file", &mut self.tls_key_file);
+        number("max_connections", &mut self.max_connections);
         text("ethereum_rpc_url", &mut self.ethereum_rpc_url);
+        path("ethereum_rpc_ca_file", &mut self.ethereum_rpc_ca_file);
         text("mpe_address", &mut self.mpe_address);
         text("group_id", &mut self.group_id);
         text("payment_address", &mut self.payment_address);
         number("payment_expiration_threshold", &mut self.payment_expiration_threshold);
         number("price", &mut self.price);
         text("upstream", &mut self.upstream);
+        path("upstream_ca_file", &mut self.upstream_ca_file);
         text("replica_id", &mut self.replica_id);
         number("lease_ttl_seconds", &mut self.lease_ttl_seconds);
         number("confirmations", &mut self.confirmations);
@@ -156,7 +196,19 @@ impl RawSettings {
             ("price", self.price.is_some() || self.prices.is_some()),
             ("upstream", self.upstream.is_some()),
         ];
+        let tls = self.tls_files()?;
         let chain = if chain_keys.iter().all(|(_, given)| !given) {
+            for (key, given, url) in [
+                ("ethereum_rpc_ca_file", self.ethereum_rpc_ca_file.is_some(), "ethereum_rpc_url"),
+                ("upstream_ca_file", self.upstream_ca_file.is_some(), "upstream"),
+            ] {
+                if given {
+                    return Err(invalid(
+                        key,
+                        format!("only used with an https:// {url}, which is not given"),
+                    ));
+                }
+            }
             None
         } else {
             if let Some((missing, _)) = chain_keys.iter().find(|(_, given)| !given) {
@@ -190,8 +242,16 @@ impl RawSettings {
                 format!("must be from 1 to {MAX_CONCURRENT_CALLS_LIMIT}"),
             ));
         }
+        let max_connections = u64_setting("max_connections", self.max_connections.as_ref())?
+            .map_or(Ok(DEFAULT_MAX_CONNECTIONS), usize::try_from)
+            .map_err(|_| invalid("max_connections", "too large"))?;
+        if !(1..=MAX_CONNECTIONS_LIMIT).contains(&max_connections) {
+            return Err(invalid("max_connections", format!("must be from 1 to {MAX_CONNECTIONS_LIMIT}")));
+        }
         Ok(Config {
             listen,
+            tls,
+            max_connections,
             chain,
             replica_id,
             lease_ttl: Duration::from_secs(lease_ttl),
@@ -202,22 +262,38 @@ impl RawSettings {
         })
     }
 
+    /// Both TLS files or neither.
+    fn tls_files(&self) -> Result<Option<ServerCertFiles>, ConfigError> {
+        let cert_file = path_setting("tls_cert_file", self.tls_cert_file.as_ref())?;
+        let key_file = path_setting("tls_key_file", self.tls_key_file.as_ref())?;
+        match (cert_file, key_file) {
+            (Some(cert_file), Some(key_file)) => Ok(Some(ServerCertFiles { cert_file, key_file })),
+            (None, None) => Ok(None),
+            (Some(_), None) => {
+                Err(invalid("tls_key_file", "missing (tls_cert_file is given: TLS needs both)"))
+            }
+            (None, Some(_)) => {
+                Err(invalid("tls_cert_file", "missing (tls_key_file is given: TLS needs both)"))
+            }
+        }
+    }
+
     fn chain_settings(&self) -> Result<ChainSettings, ConfigError> {
-        // No TLS stack is compiled in yet: an https endpoint is refused here rather than at first use.
+        // The URL itself is not repeated in these errors: a hosted node's URL carries its API key.
         let rpc_url = self.ethereum_rpc_url.clone().unwrap_or_default();
-        if !rpc_url.starts_with("http://") {
-            return Err(invalid(
-                "ethereum_rpc_url",
-                format!("{rpc_url:?} is not an http:// URL (https is not supported yet)"),
-            ));
-        }
+        let rpc_ca_file = ca_file_setting(
+            "ethereum_rpc_ca_file",
+            self.ethereum_rpc_ca_file.as_ref(),
+            "ethereum_rpc_url",
+            url_scheme("ethereum_rpc_url", &rpc_url)?,
+        )?;
         let upstream = self.upstream.clone().unwrap_or_default();
-        if !upstream.starts_with("http://") {
-            return Err(invalid(
-                "upstream",
-                format!("{upstream:?} is not an http:// URL (https is not supported yet)"),
-            ));
-        }
+        let upstream_ca_file = ca_file_setting(
+            "upstream_ca_file",
+            self.upstream_ca_file.as_ref(),
+            "upstream",
+            url_scheme("upstream", &upstream)?,
+        )?;
         let pricing = match (&self.price, &self.prices) {
             (Some(_), Some(_)) => return Err(invalid("price", "give either price or prices, not both")),
             (Some(price), None) => Pricing::Fixed(amount_setting("price", price)?),
@@ -238,6 +314,7 @@ impl RawSettings {
         };
         Ok(ChainSettings {
             rpc_url,
+            rpc_ca_file,
             mpe_address: address_setting("mpe_address", self.mpe_address.as_deref())?,
             group_id: group_id_setting(self.group_id.as_deref().unwrap_or_default())?,
             payment_address: address_setting("payment_address", self.payment_address.as_deref())?,
@@ -248,7 +325,49 @@ impl RawSettings {
             .unwrap_or(DEFAULT_EXPIRATION_THRESHOLD),
             pricing,
             upstream,
+            upstream_ca_file,
         })
+    }
+}
+
+/// Longest scheme quoted back in an error.
+const MAX_SCHEME_CHARS: usize = 16;
+
+/// A URL's scheme, `http` or `https`; anything else is refused.
+fn url_scheme(key: &str, url: &str) -> Result<&'static str, ConfigError> {
+    if url.starts_with("https://") {
+        Ok("https")
+    } else if url.starts_with("http://") {
+        Ok("http")
+    } else {
+        // Only the scheme is quoted: the rest of a node's URL may carry its API key.
+        match url.split_once("://") {
+            Some((scheme, _)) if scheme.len() <= MAX_SCHEME_CHARS => {
+                Err(invalid(key, format!("scheme {scheme:?} is not http or https")))
+            }
+            _ => Err(invalid(key, "not a URL: expected http://… or https://…")),
+        }
+    }
+}
+
+/// A CA file, accepted only beside the `https://` URL it is for.
+fn ca_file_setting(
+    key: &str,
+    value: Option<&PathBuf>,
+    url_key: &str,
+    scheme: &str,
+) -> Result<Option<PathBuf>, ConfigError> {
+    let path = path_setting(key, value)?;
+    if path.is_some() && scheme != "https" {
+        return Err(invalid(key, format!("only used with an https:// {url_key}, which is {scheme}://")));
+    }
+    Ok(path)
+}
+
+fn path_setting(key: &str, value: Option<&PathBuf>) -> Result<Option<PathBuf>, ConfigError> {
+    match value {
+        Some(path) if path.as_os_str().is_empty() => Err(invalid(key, "empty")),
+        other => Ok(other.cloned()),
     }
 }
 
@@ -325,6 +444,8 @@ mod tests {
         assert_eq!(config.max_message_bytes, DEFAULT_MAX_MESSAGE_BYTES);
         assert_eq!(config.max_call_duration, Duration::from_secs(DEFAULT_MAX_CALL_SECONDS));
         assert_eq!(config.max_concurrent_calls, DEFAULT_MAX_CONCURRENT_CALLS);
+        assert_eq!(config.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(config.tls, None);
     }
 
     #[test]
@@ -367,10 +488,18 @@ mod tests {
             (RawSettings { price: Some(toml::Value::String("042".into())), ..full() }, "price"),
             (RawSettings { ethereum_rpc_url: Some("localhost:8545".into()), ..full() }, "ethereum_rpc_url"),
             (
-                RawSettings { ethereum_rpc_url: Some("https://mainnet.example".into()), ..full() },
+                RawSettings { ethereum_rpc_url: Some("ws://127.0.0.1:8546".into()), ..full() },
                 "ethereum_rpc_url",
             ),
-            (RawSettings { upstream: Some("https://127.0.0.1:1".into()), ..full() }, "upstream"),
+            (RawSettings { upstream: Some("grpc://127.0.0.1:1".into()), ..full() }, "upstream"),
+            (RawSettings { ethereum_rpc_ca_file: Some("ca.pem".into()), ..full() }, "ethereum_rpc_ca_file"),
+            (RawSettings { upstream_ca_file: Some("ca.pem".into()), ..full() }, "upstream_ca_file"),
+            (RawSettings { tls_cert_file: Some("".into()), ..tls(full()) }, "tls_cert_file"),
+            (RawSettings { max_connections: Some(toml::Value::Integer(0)), ..full() }, "max_connections"),
+            (
+                RawSettings { max_connections: Some(toml::Value::Integer(1 << 21)), ..full() },
+                "max_connections",
+            ),
             (RawSettings { listen: Some("7000".into()), ..full() }, "listen"),
             (RawSettings { lease_ttl_seconds: Some(toml::Value::Integer(0)), ..full() }, "lease_ttl_seconds"),
             (RawSettings { max_call_seconds: Some(toml::Value::Integer(0)), ..full() }, "max_call_seconds"),
@@ -391,6 +520,89 @@ mod tests {
             let error = raw.validate().unwrap_err();
             assert_eq!(error.key, key, "{error}");
         }
+    }
+
+    fn tls(raw: RawSettings) -> RawSettings {
+        RawSettings {
+            tls_cert_file: Some("/etc/mpe-ledger/tls/cert.pem".into()),
+            tls_key_file: Some("/etc/mpe-ledger/tls/key.pem".into()),
+            ..raw
+        }
+    }
+
+    #[test]
+    fn https_urls_are_accepted_with_their_ca_files() {
+        let raw = RawSettings {
+            ethereum_rpc_url: Some("https://mainnet.example/v3/key".into()),
+            ethereum_rpc_ca_file: Some("/etc/ssl/node-ca.pem".into()),
+            upstream: Some("https://service.example:50051".into()),
+            upstream_ca_file: Some("/etc/ssl/service-ca.pem".into()),
+            ..full()
+        };
+        let chain = raw.validate().unwrap().chain.unwrap();
+        assert_eq!(chain.rpc_ca_file, Some(PathBuf::from("/etc/ssl/node-ca.pem")));
+        assert_eq!(chain.upstream_ca_file, Some(PathBuf::from("/etc/ssl/service-ca.pem")));
+        let plain = full().validate().unwrap().chain.unwrap();
+        assert_eq!((plain.rpc_ca_file, plain.upstream_ca_file), (None, None));
+    }
+
+    #[test]
+    fn a_refused_url_is_not_repeated_in_the_error() {
+        let raw = RawSettings { ethereum_rpc_url: Some("wss://node.example/v3/secret-key".into()), ..full() };
+        let error = raw.validate().unwrap_err().to_string();
+        assert_eq!(error, r#"invalid setting ethereum_rpc_url: scheme "wss" is not http or https"#);
+    }
+
+    #[test]
+    fn a_ca_file_without_its_url_names_the_ca_setting() {
+        let raw = RawSettings { ethereum_rpc_ca_file: Some("ca.pem".into()), ..RawSettings::default() };
+        assert_eq!(
+            raw.validate().unwrap_err().to_string(),
+            "invalid setting ethereum_rpc_ca_file: only used with an https:// ethereum_rpc_url, which is not given"
+        );
+        let raw = RawSettings { upstream_ca_file: Some("ca.pem".into()), ..full() };
+        assert_eq!(
+            raw.validate().unwrap_err().to_string(),
+            "invalid setting upstream_ca_file: only used with an https:// upstream, which is http://"
+        );
+    }
+
+    #[test]
+    fn tls_needs_both_files_and_names_the_missing_one() {
+        let files = tls(RawSettings::default()).validate().unwrap().tls.unwrap();
+        assert_eq!(files.cert_file, PathBuf::from("/etc/mpe-ledger/tls/cert.pem"));
+        assert_eq!(files.key_file, PathBuf::from("/etc/mpe-ledger/tls/key.pem"));
+        assert_eq!(RawSettings::default().validate().unwrap().tls, None);
+        let only_cert = RawSettings { tls_key_file: None, ..tls(RawSettings::default()) };
+        assert_eq!(
+            only_cert.validate().unwrap_err().to_string(),
+            "invalid setting tls_key_file: missing (tls_cert_file is given: TLS needs both)"
+        );
+        let only_key = RawSettings { tls_cert_file: None, ..tls(RawSettings::default()) };
+        assert_eq!(
+            only_key.validate().unwrap_err().to_string(),
+            "invalid setting tls_cert_file: missing (tls_key_file is given: TLS needs both)"
+        );
+    }
+
+    #[test]
+    fn tls_and_ca_settings_come_from_the_environment_too() {
+        let env = |key: &str| match key {
+            "MPE_LEDGER_TLS_CERT_FILE" => Some("/run/tls/cert.pem".to_owned()),
+            "MPE_LEDGER_TLS_KEY_FILE" => Some("/run/tls/key.pem".to_owned()),
+            "MPE_LEDGER_MAX_CONNECTIONS" => Some("100".to_owned()),
+            "MPE_LEDGER_ETHEREUM_RPC_URL" => Some("https://node.example".to_owned()),
+            "MPE_LEDGER_ETHEREUM_RPC_CA_FILE" => Some("/run/tls/node-ca.pem".to_owned()),
+            "MPE_LEDGER_UPSTREAM" => Some("https://127.0.0.1:50051".to_owned()),
+            "MPE_LEDGER_UPSTREAM_CA_FILE" => Some("/run/tls/service-ca.pem".to_owned()),
+            _ => None,
+        };
+        let config = full().with_env(env).validate().unwrap();
+        assert_eq!(config.tls.unwrap().key_file, PathBuf::from("/run/tls/key.pem"));
+        assert_eq!(config.max_connections, 100);
+        let chain = config.chain.unwrap();
+        assert_eq!(chain.rpc_ca_file, Some(PathBuf::from("/run/tls/node-ca.pem")));
+        assert_eq!(chain.upstream_ca_file, Some(PathBuf::from("/run/tls/service-ca.pem")));
     }
 
     #[test]
