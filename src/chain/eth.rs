@@ -1,5 +1,12 @@
-//! [`ChainReader`] over an Ethereum node's JSON-RPC, with alloy's HTTP provider.
+//! [`ChainReader`] over an Ethereum node's JSON-RPC, with alloy's HTTP provider, over `http://` or
+//! `https://` (reqwest on our rustls configuration: the system's roots plus `ethereum_rpc_ca_file`).
+//!
+//! The node's URL never leaves this module in an error: hosted nodes put their API key in it, and
+//! chain errors reach clients (the state service passes them on as the seed does). reqwest's errors
+//! are stripped of their URL ([`reqwest::Error::without_url`]) and any copy of it in an HTTP error's
+//! text is replaced by [`REDACTED_URL`].
 
+use std::path::Path;
 use std::time::Duration;
 
 use alloy::eips::BlockNumberOrTag;
@@ -9,6 +16,7 @@ use alloy::rpc::client::RpcClient;
 use alloy::rpc::types::{Filter, Log, TransactionRequest};
 use alloy::sol_types::{SolCall, SolEvent};
 use alloy::transports::http::reqwest;
+use alloy::transports::{TransportError, TransportErrorKind};
 
 use super::mpe::MultiPartyEscrow::{ChannelClaim, ChannelSenderClaim, channelsCall, channelsReturn};
 use super::{ChainError, ChainReader, ChannelRead, ClaimLog};
@@ -23,35 +31,61 @@ pub const RPC_TIMEOUT: Duration = Duration::from_secs(10);
 /// ranges, so a longer range is read in windows of this size.
 pub const MAX_LOG_RANGE_BLOCKS: u64 = 10_000;
 
-/// The MPE contract on one Ethereum node, read over plain HTTP JSON-RPC.
+/// What replaces the node's URL wherever an error would carry it.
+pub const REDACTED_URL: &str = "<ethereum_rpc_url>";
+
+/// ALPN offered to an `https://` node, as reqwest offers it when it builds its own TLS (HTTP/2 and
+/// HTTP/1.1 both compiled in): HTTP/2 first.
+const RPC_ALPN: [&[u8]; 2] = [crate::tls::ALPN_H2, crate::tls::ALPN_HTTP1];
+
+/// The MPE contract on one Ethereum node, read over HTTP(S) JSON-RPC.
 #[derive(Debug, Clone)]
 pub struct EthChain {
     provider: RootProvider,
     mpe: EthAddress,
+    /// The node's URL as reqwest prints it, to find and redact it in error texts.
+    url: String,
 }
 
 impl EthChain {
-    /// A reader of the MPE at `mpe` through the node at `rpc_url` (`http://…`). Nothing is sent
-    /// yet: an unreachable node shows up as [`ChainError::Rpc`] on the first read.
+    /// A reader of the MPE at `mpe` through the node at `rpc_url` (`http://…` or `https://…`,
+    /// trusting the system's roots). Nothing is sent yet: an unreachable node shows up as
+    /// [`ChainError::Rpc`] on the first read.
     pub fn connect(rpc_url: &str, mpe: EthAddress) -> Result<Self, ChainError> {
-        let invalid = |reason: String| ChainError::InvalidUrl { url: rpc_url.to_owned(), reason };
+        Self::connect_with_ca(rpc_url, None, mpe)
+    }
+
+    /// [`EthChain::connect`], trusting the certificates of the PEM file `ca_file` too for an
+    /// `https://` node. A CA file that cannot be used is [`ChainError::Tls`], at once.
+    pub fn connect_with_ca(
+        rpc_url: &str,
+        ca_file: Option<&Path>,
+        mpe: EthAddress,
+    ) -> Result<Self, ChainError> {
+        let invalid = |reason: String| ChainError::InvalidUrl { reason };
+        // url's parse errors name the problem, never the input.
         let url = reqwest::Url::parse(rpc_url).map_err(|e| invalid(e.to_string()))?;
         match url.scheme() {
-            "http" => {}
-            // Only plain HTTP is compiled in (no TLS backend): say so now rather than at the
-            // first read.
-            "https" => return Err(invalid("https is not supported: no TLS backend is built in".into())),
-            other => return Err(invalid(format!("scheme {other:?} is not http"))),
+            "http" | "https" => {}
+            other => return Err(invalid(format!("scheme {other:?} is not http or https"))),
         }
-        // reqwest has TLS compiled in (for https:// nodes): it needs the process's crypto provider.
-        crate::tls::install_crypto_provider();
+        // reqwest has TLS compiled in (for https:// nodes): it needs the process's crypto provider,
+        // which client_config installs; a plain node gets the same configuration, unused.
+        let tls = crate::tls::client_config(ca_file, &RPC_ALPN)?;
         let client = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
             .timeout(RPC_TIMEOUT)
             .connect_timeout(RPC_TIMEOUT)
             .build()
-            .map_err(|e| ChainError::HttpClient { url: rpc_url.to_owned(), reason: e.to_string() })?;
+            .map_err(|e| ChainError::HttpClient { reason: e.without_url().to_string() })?;
+        let printed = url.as_str().to_owned();
         let provider = RootProvider::new(RpcClient::new_http_with_client(client, url));
-        Ok(Self { provider, mpe })
+        Ok(Self { provider, mpe, url: printed })
+    }
+
+    /// A [`ChainError::Rpc`] of `call` whose text cannot carry the node's URL.
+    fn rpc(&self, call: &'static str) -> impl FnOnce(TransportError) -> ChainError + '_ {
+        move |error| ChainError::rpc(call)(redact(error, &self.url))
     }
 
     /// The MPE contract this reader reads.
@@ -65,7 +99,7 @@ impl EthChain {
             .provider
             .get_block_by_number(which)
             .await
-            .map_err(ChainError::rpc("eth_getBlockByNumber"))?
+            .map_err(self.rpc("eth_getBlockByNumber"))?
             .ok_or_else(|| ChainError::NoBlock {
                 block: match which {
                     BlockNumberOrTag::Number(number) => number.to_string(),
@@ -76,7 +110,7 @@ impl EthChain {
     }
 
     async fn logs_in(&self, filter: Filter) -> Result<Vec<ClaimLog>, ChainError> {
-        let logs = self.provider.get_logs(&filter).await.map_err(ChainError::rpc("eth_getLogs"))?;
+        let logs = self.provider.get_logs(&filter).await.map_err(self.rpc("eth_getLogs"))?;
         logs.iter().map(claim_log).collect()
     }
 
@@ -90,7 +124,7 @@ impl EthChain {
             .call(call)
             .block(BlockNumberOrTag::Number(block.number).into())
             .await
-            .map_err(ChainError::rpc("eth_call channels"))?;
+            .map_err(self.rpc("eth_call channels"))?;
         let values = channelsCall::abi_decode_returns(&output)
             .map_err(|e| ChainError::Decode { call: "eth_call channels", reason: e.to_string() })?;
         if values.sender == Address::ZERO {
@@ -114,11 +148,11 @@ impl ChainReader for EthChain {
     }
 
     async fn current_block(&self) -> Result<u64, ChainError> {
-        self.provider.get_block_number().await.map_err(ChainError::rpc("eth_blockNumber"))
+        self.provider.get_block_number().await.map_err(self.rpc("eth_blockNumber"))
     }
 
     async fn chain_id(&self) -> Result<u64, ChainError> {
-        self.provider.get_chain_id().await.map_err(ChainError::rpc("eth_chainId"))
+        self.provider.get_chain_id().await.map_err(self.rpc("eth_chainId"))
     }
 
     #[tracing::instrument(level = "debug", skip(self), fields(channel = %id))]
@@ -199,6 +233,33 @@ fn claim_log(log: &Log) -> Result<ClaimLog, ChainError> {
     }
 }
 
+/// `error` without the node's URL: reqwest's errors lose theirs, and an HTTP error's text (which
+/// may quote a reqwest error) has every copy of `url` replaced by [`REDACTED_URL`].
+fn redact(error: TransportError, url: &str) -> TransportError {
+    let without_url =
+        |source: Box<dyn std::error::Error + Send + Sync>| match source.downcast::<reqwest::Error>() {
+            Ok(reqwest) => Box::new(reqwest.without_url()) as Box<dyn std::error::Error + Send + Sync>,
+            Err(other) => other,
+        };
+    let kind = match error {
+        TransportError::Transport(kind) => kind,
+        other => return other,
+    };
+    TransportError::Transport(match kind {
+        TransportErrorKind::Custom(source) => TransportErrorKind::Custom(without_url(source)),
+        TransportErrorKind::NonRetryable(source) => TransportErrorKind::NonRetryable(without_url(source)),
+        TransportErrorKind::HttpError(mut http) => {
+            http.body = http.body.replace(url, REDACTED_URL);
+            TransportErrorKind::HttpError(http)
+        }
+        TransportErrorKind::HttpErrorWithRetryAfter { mut error, retry_after } => {
+            error.body = error.body.replace(url, REDACTED_URL);
+            TransportErrorKind::HttpErrorWithRetryAfter { error, retry_after }
+        }
+        other => other,
+    })
+}
+
 fn decode<E: SolEvent>(log: &PrimitiveLog) -> Result<E, String> {
     E::decode_log(log).map(|decoded| decoded.data).map_err(|e| e.to_string())
 }
@@ -227,14 +288,48 @@ mod tests {
     }
 
     #[test]
-    fn only_plain_http_urls_are_accepted() {
+    fn only_http_and_https_urls_are_accepted_and_refusals_do_not_quote_them() {
         let mpe = EthAddress::default();
         assert!(EthChain::connect("http://127.0.0.1:8545", mpe).is_ok());
-        for url in ["https://mainnet.example/v3/key", "ws://127.0.0.1:8546", "127.0.0.1:8545", "not a url"] {
-            assert!(
-                matches!(EthChain::connect(url, mpe), Err(ChainError::InvalidUrl { .. })),
-                "{url} was accepted"
-            );
+        assert!(EthChain::connect("https://mainnet.example/v3/key", mpe).is_ok());
+        for url in ["ws://127.0.0.1:8546/key", "127.0.0.1:8545", "not a url"] {
+            match EthChain::connect(url, mpe) {
+                Err(error @ ChainError::InvalidUrl { .. }) => {
+                    assert!(!error.to_string().contains("8545"), "{error}");
+                    assert!(!error.to_string().contains("key"), "{error}");
+                }
+                other => panic!("{url}: {other:?}"),
+            }
         }
+    }
+
+    #[test]
+    fn an_unusable_ca_file_is_refused_at_once_naming_the_file() {
+        let dir = std::env::temp_dir().join(format!("eth-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = dir.join("missing.pem");
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "no certificate here\n").unwrap();
+        for path in [&missing, &empty] {
+            match EthChain::connect_with_ca("https://node.example", Some(path), EthAddress::default()) {
+                Err(error @ ChainError::Tls(_)) => {
+                    assert!(error.to_string().contains(&path.display().to_string()), "{error}")
+                }
+                other => panic!("{}: {other:?}", path.display()),
+            }
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn redaction_strips_the_url_from_http_error_texts() {
+        let url = "https://node.example/v3/secret-key";
+        let error = TransportErrorKind::http_error(
+            502,
+            format!("<failed to read response body: error decoding response body for url ({url})>"),
+        );
+        let redacted = redact(error, url).to_string();
+        assert!(!redacted.contains("secret-key"), "{redacted}");
+        assert!(redacted.contains(REDACTED_URL), "{redacted}");
     }
 }

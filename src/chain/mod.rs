@@ -6,6 +6,7 @@
 //! - A channel whose `sender` is the zero address does not exist (the contract's getter returns
 //!   zeroes for unknown ids): that is `Ok(None)`, not an error.
 //! - Every failure names the JSON-RPC call that failed ([`ChainError`]); nothing is retried here.
+//! - No error carries the node's URL (hosted nodes put their API key in it; see `eth.rs`).
 //!   Whether a failed read falls back to stored state is the caller's decision (design.md §8).
 //! - The ledger never signs or sends a transaction: this module only reads.
 
@@ -17,17 +18,21 @@ use std::future::Future;
 use alloy::primitives::B256;
 use alloy::transports::TransportError;
 
-pub use eth::{EthChain, MAX_LOG_RANGE_BLOCKS, RPC_TIMEOUT};
+pub use eth::{EthChain, MAX_LOG_RANGE_BLOCKS, REDACTED_URL, RPC_TIMEOUT};
 
 use crate::domain::{Amount, ChainBlock, ChannelId, ClaimOutcome, Nonce, OnChainChannel};
 
 /// Why the chain could not answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ChainError {
-    #[error("RPC URL {url:?} is not usable: {reason}")]
-    InvalidUrl { url: String, reason: String },
-    #[error("HTTP client for {url:?} could not be built: {reason}")]
-    HttpClient { url: String, reason: String },
+    /// The node's URL cannot be used; the text never quotes it (it may carry an API key).
+    #[error("the RPC URL is not usable: {reason}")]
+    InvalidUrl { reason: String },
+    /// The CA file for an `https://` node cannot be used.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("the RPC client could not be built: {reason}")]
+    HttpClient { reason: String },
     /// The node was unreachable, timed out, or answered with an error.
     #[error("{call} failed: {source}")]
     Rpc {
