@@ -1,9 +1,11 @@
 //! Wiring of the binary: where the database comes from, and `serve`.
 //!
 //! With no `DATABASE_URL` the ledger runs its own Postgres cluster in the data directory
-//! ([`cluster`]); with one, it uses that database and never starts anything.
+//! ([`cluster`]); with one, it uses that database and never starts anything. The public port, plain
+//! or TLS, its signals and its graceful shutdown are [`public_port`].
 
 pub mod cluster;
+pub mod public_port;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,7 +14,7 @@ use std::time::Duration;
 use anyhow::Context;
 use sqlx::PgPool;
 
-use crate::chain::EthChain;
+use crate::chain::{ChainError, EthChain};
 use crate::config::{ChainSettings, Config};
 use crate::escrow::EscrowConfig;
 use crate::escrow::channels::ChannelSource;
@@ -27,6 +29,7 @@ use crate::store::postgres::{self, PgLedger};
 use crate::telemetry::Metrics;
 
 use cluster::{DATABASE_NAME, EmbeddedCluster};
+use public_port::{PublicPort, Signals};
 
 /// Where to find the database.
 #[derive(Debug, Clone, Default)]
@@ -99,8 +102,13 @@ impl Escrow {
         config: &Config,
         chain: &ChainSettings,
     ) -> anyhow::Result<Self> {
-        let reader = EthChain::connect(&chain.rpc_url, chain.mpe_address)
-            .with_context(|| format!("invalid setting ethereum_rpc_url: {}", chain.rpc_url))?;
+        // The URL is not repeated: a hosted node's URL carries its API key.
+        let reader =
+            EthChain::connect_with_ca(&chain.rpc_url, chain.rpc_ca_file.as_deref(), chain.mpe_address)
+                .map_err(|error| match error {
+                    ChainError::Tls(_) => anyhow::anyhow!("invalid setting ethereum_rpc_ca_file: {error}"),
+                    _ => anyhow::anyhow!("invalid setting ethereum_rpc_url: {error}"),
+                })?;
         let escrow_config = Arc::new(EscrowConfig {
             mpe: chain.mpe_address,
             group_id: chain.group_id,
@@ -125,10 +133,14 @@ impl Escrow {
     }
 }
 
-/// Serves the public port (gRPC and HTTP) until SIGINT or SIGTERM, then shuts down gracefully:
-/// stops accepting calls, releases this replica's leases, closes the pool, stops the cluster it
-/// started.
+/// Serves the public port (gRPC and HTTP, plain or TLS) until SIGINT or SIGTERM, then shuts down
+/// gracefully: stops accepting calls, lets those in flight finish (bounded), releases this
+/// replica's leases, closes the pool, stops the cluster it started. SIGHUP reloads the TLS
+/// certificate.
 pub async fn serve(settings: &DatabaseSettings, config: Config) -> anyhow::Result<()> {
+    // First: from here on SIGHUP cannot kill the process, and SIGTERM shuts it down cleanly.
+    let signals = Signals::install().context("installing the signal handlers")?;
+    crate::tls::install_crypto_provider();
     let database = Database::open(settings).await?;
     let metrics = Metrics::new();
     let escrow = match &config.chain {
@@ -140,14 +152,17 @@ pub async fn serve(settings: &DatabaseSettings, config: Config) -> anyhow::Resul
             None
         }
     };
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
-    tracing::info!(address = %listener.local_addr()?, replica = %config.replica_id, "serving gRPC and HTTP (/healthz, /metrics)");
+    let port = PublicPort::bind(config.listen, config.tls.as_ref(), config.max_connections).await?;
+    tracing::info!(
+        address = %port.local_addr()?,
+        tls = port.is_tls(),
+        replica = %config.replica_id,
+        "serving gRPC and HTTP (/healthz, /metrics)"
+    );
     let app = public_router(&database.pool, &metrics, &config, escrow.as_ref())?;
     let watcher = escrow.as_ref().map(|escrow| tokio::spawn(watch_claims(escrow.claims.clone())));
     let head_block = escrow.as_ref().map(|escrow| tokio::spawn(watch_head_block(escrow.channels.clone())));
-    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await;
+    port.serve(app, signals).await;
     tracing::info!("shutting down");
     for task in [watcher, head_block].into_iter().flatten() {
         task.abort();
@@ -160,8 +175,7 @@ pub async fn serve(settings: &DatabaseSettings, config: Config) -> anyhow::Resul
             }
         }
     }
-    database.close().await?;
-    served.context("server")
+    database.close().await
 }
 
 /// Everything on the public port.
@@ -234,14 +248,5 @@ async fn watch_head_block(channels: Arc<ChannelSource<EthChain>>) {
             }
             Err(_) => {}
         }
-    }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
     }
 }
