@@ -50,33 +50,27 @@ const FINGERPRINT_HEX_DIGITS: usize = 16;
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// A CA file of the client side (the caller names its setting).
-    #[error("cannot read CA file {}: {source}", path.display())]
-    CaFileUnreadable {
-        path: PathBuf,
-        #[source]
-        source: pem::Error,
-    },
+    // The causes below are part of the message and not `#[source]`: the binary prints an error
+    // with its sources, which would say them twice.
+    #[error("cannot read CA file {}: {cause}", path.display())]
+    CaFileUnreadable { path: PathBuf, cause: pem::Error },
     #[error("CA file {} holds no PEM certificate", path.display())]
     CaFileWithoutCertificate { path: PathBuf },
     #[error("a certificate in CA file {} cannot be trusted as a root: {reason}", path.display())]
     CaCertificateInvalid { path: PathBuf, reason: rustls::Error },
     /// `tls_cert_file` or `tls_key_file`.
-    #[error("invalid setting {setting}: cannot read {}: {source}", path.display())]
-    FileUnreadable {
-        setting: &'static str,
-        path: PathBuf,
-        #[source]
-        source: pem::Error,
-    },
+    #[error("invalid setting {setting}: cannot read {}: {cause}", path.display())]
+    FileUnreadable { setting: &'static str, path: PathBuf, cause: pem::Error },
     #[error("invalid setting tls_cert_file: {} holds no PEM certificate", path.display())]
     CertFileWithoutCertificate { path: PathBuf },
     #[error("invalid setting tls_key_file: {} holds no PEM private key", path.display())]
     KeyFileWithoutKey { path: PathBuf },
     /// The key cannot be used, or is not the key of the chain's first certificate.
     #[error(
-        "invalid setting tls_key_file: {} is not usable with the certificate of tls_cert_file {}: {reason}",
+        "invalid setting tls_key_file: {} is not usable with the certificate of tls_cert_file {}: {}",
         key.display(),
-        cert.display()
+        cert.display(),
+        key_problem(reason)
     )]
     KeyNotUsable { cert: PathBuf, key: PathBuf, reason: rustls::Error },
     /// rustls refused the protocol versions of the provider (not expected with ring).
@@ -110,7 +104,7 @@ pub fn client_config(ca_file: Option<&Path>, alpn: &[&[u8]]) -> Result<ClientCon
     let mut roots = system_roots().clone();
     if let Some(path) = ca_file {
         let certificates = read_certificates(path).map_err(|error| match error {
-            ReadError::Unreadable(source) => TlsError::CaFileUnreadable { path: path.to_owned(), source },
+            ReadError::Unreadable(cause) => TlsError::CaFileUnreadable { path: path.to_owned(), cause },
             ReadError::Empty => TlsError::CaFileWithoutCertificate { path: path.to_owned() },
         })?;
         let count = certificates.len();
@@ -181,16 +175,14 @@ impl ServerCertFiles {
     /// Reads both files and checks that the key belongs to the chain's first certificate.
     pub fn load(&self) -> Result<CertifiedKey, TlsError> {
         let chain = read_certificates(&self.cert_file).map_err(|error| match error {
-            ReadError::Unreadable(source) => {
-                TlsError::FileUnreadable { setting: "tls_cert_file", path: self.cert_file.clone(), source }
+            ReadError::Unreadable(cause) => {
+                TlsError::FileUnreadable { setting: "tls_cert_file", path: self.cert_file.clone(), cause }
             }
             ReadError::Empty => TlsError::CertFileWithoutCertificate { path: self.cert_file.clone() },
         })?;
-        let key = PrivateKeyDer::from_pem_file(&self.key_file).map_err(|source| match source {
+        let key = PrivateKeyDer::from_pem_file(&self.key_file).map_err(|cause| match cause {
             pem::Error::NoItemsFound => TlsError::KeyFileWithoutKey { path: self.key_file.clone() },
-            source => {
-                TlsError::FileUnreadable { setting: "tls_key_file", path: self.key_file.clone(), source }
-            }
+            cause => TlsError::FileUnreadable { setting: "tls_key_file", path: self.key_file.clone(), cause },
         })?;
         CertifiedKey::from_der(chain, key, &provider()).map_err(|reason| TlsError::KeyNotUsable {
             cert: self.cert_file.clone(),
@@ -262,6 +254,15 @@ pub fn server_config(cert: Arc<ServerCert>) -> Result<ServerConfig, TlsError> {
         .with_cert_resolver(cert);
     config.alpn_protocols = SERVER_ALPN.iter().map(|protocol| protocol.to_vec()).collect();
     Ok(config)
+}
+
+fn key_problem(reason: &rustls::Error) -> String {
+    match reason {
+        rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+            "it is not the key of the certificate (the first one of the file)".to_owned()
+        }
+        other => other.to_string(),
+    }
 }
 
 /// The first hex digits of the SHA-256 of the leaf certificate.
