@@ -29,7 +29,7 @@ use crate::store::postgres::{self, PgLedger};
 use crate::telemetry::Metrics;
 
 use cluster::{DATABASE_NAME, EmbeddedCluster};
-use public_port::{PublicPort, Signals};
+use public_port::{PortTls, PublicPort, Signals};
 
 /// Where to find the database.
 #[derive(Debug, Clone, Default)]
@@ -140,7 +140,8 @@ impl Escrow {
 pub async fn serve(settings: &DatabaseSettings, config: Config) -> anyhow::Result<()> {
     // First: from here on SIGHUP cannot kill the process, and SIGTERM shuts it down cleanly.
     let signals = Signals::install().context("installing the signal handlers")?;
-    crate::tls::install_crypto_provider();
+    // Before the database, which may start a cluster: a certificate that cannot be used fails fast.
+    let tls = config.tls.as_ref().map(PortTls::load).transpose()?;
     let database = Database::open(settings).await?;
     let metrics = Metrics::new();
     let escrow = match &config.chain {
@@ -152,7 +153,7 @@ pub async fn serve(settings: &DatabaseSettings, config: Config) -> anyhow::Resul
             None
         }
     };
-    let port = PublicPort::bind(config.listen, config.tls.as_ref(), config.max_connections).await?;
+    let port = PublicPort::bind(config.listen, tls, config.max_connections).await?;
     tracing::info!(
         address = %port.local_addr()?,
         tls = port.is_tls(),

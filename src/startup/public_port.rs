@@ -91,49 +91,44 @@ impl Signals {
 
 /// The TLS side of the port: the acceptor and the certificate it resolves, for reloads.
 #[derive(Clone)]
-struct Tls {
+pub struct PortTls {
     acceptor: TlsAcceptor,
     cert: Arc<ServerCert>,
+}
+
+impl PortTls {
+    /// Loads the certificate and key; an unusable file is an error naming the setting and the file.
+    pub fn load(files: &ServerCertFiles) -> Result<Self, TlsError> {
+        let cert = Arc::new(ServerCert::load(files.clone())?);
+        let config = tls::server_config(cert.clone())?;
+        Ok(Self { acceptor: TlsAcceptor::from(Arc::new(config)), cert })
+    }
 }
 
 /// The bound public port.
 pub struct PublicPort {
     listener: TcpListener,
-    tls: Option<Tls>,
+    tls: Option<PortTls>,
     max_connections: usize,
 }
 
-/// Why the port could not be opened.
+/// The port's address could not be bound.
 #[derive(Debug, thiserror::Error)]
-pub enum PortError {
-    #[error("invalid setting listen: cannot bind {address}: {source}")]
-    Bind {
-        address: SocketAddr,
-        #[source]
-        source: io::Error,
-    },
-    #[error(transparent)]
-    Tls(#[from] TlsError),
+#[error("invalid setting listen: cannot bind {address}: {source}")]
+pub struct BindError {
+    address: SocketAddr,
+    #[source]
+    source: io::Error,
 }
 
 impl PublicPort {
-    /// Binds `address` and, with `tls`, loads the certificate (an unusable file stops start-up here,
-    /// naming the setting and the file).
+    /// Binds `address`; with `tls` the port speaks only TLS.
     pub async fn bind(
         address: SocketAddr,
-        tls: Option<&ServerCertFiles>,
+        tls: Option<PortTls>,
         max_connections: usize,
-    ) -> Result<Self, PortError> {
-        let tls = match tls {
-            Some(files) => {
-                let cert = Arc::new(ServerCert::load(files.clone())?);
-                let config = tls::server_config(cert.clone())?;
-                Some(Tls { acceptor: TlsAcceptor::from(Arc::new(config)), cert })
-            }
-            None => None,
-        };
-        let listener =
-            TcpListener::bind(address).await.map_err(|source| PortError::Bind { address, source })?;
+    ) -> Result<Self, BindError> {
+        let listener = TcpListener::bind(address).await.map_err(|source| BindError { address, source })?;
         Ok(Self { listener, tls, max_connections })
     }
 
@@ -185,7 +180,7 @@ impl PublicPort {
 }
 
 /// SIGHUP: a new certificate for new handshakes, read off the runtime's threads.
-fn reload(tls: Option<&Tls>) {
+fn reload(tls: Option<&PortTls>) {
     let Some(tls) = tls else {
         tracing::info!("SIGHUP: plain port, no certificate to reload");
         return;
@@ -244,7 +239,7 @@ impl Versions {
 /// One accepted connection; holds its slot until it ends.
 struct Connection {
     peer: SocketAddr,
-    tls: Option<Tls>,
+    tls: Option<PortTls>,
     app: axum::Router,
     permit: OwnedSemaphorePermit,
 }
