@@ -65,6 +65,8 @@ impl<'a> World<'a> {
             price: PRICE,
             upstream: self.service.url(),
             replica_id: replica_id.to_owned(),
+            tls: None,
+            ethereum_rpc_ca_file: None,
         }
     }
 

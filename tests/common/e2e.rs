@@ -8,7 +8,8 @@
 //! - [`ExampleService`]: `tests/e2e/example_service.py`, recording the `snet-user-address` of every
 //!   call it receives.
 //! - [`Ledger`]: `mpe-ledger serve` as a child process, configured by `MPE_LEDGER_*` variables,
-//!   healthy once `GET /healthz` answers 200; stopped with SIGTERM when dropped.
+//!   healthy once `GET /healthz` answers 200 (over https trusting the test CA when it serves TLS);
+//!   stopped with SIGTERM when dropped.
 //! - [`SnetCli`] and [`sdk_calls`]: `tests/e2e/snet_cli.py` and `tests/e2e/snet_sdk_calls.py`.
 //!
 //! Every client command and its whole output are printed (`println!`), so a test log shows exactly
@@ -133,10 +134,14 @@ fn shell_quote(arg: &str) -> String {
     }
 }
 
-/// Runs `python tests/e2e/<script> <args>` in `cwd`, prints the command and its whole output.
-pub async fn run_script(script: &str, args: &[String], cwd: &Path) -> ScriptRun {
+/// Runs `python tests/e2e/<script> <args>` in `cwd` with the variables `env` added to the
+/// test's environment, prints the command and its whole output.
+pub async fn run_script(script: &str, args: &[String], cwd: &Path, env: &[(String, String)]) -> ScriptRun {
     let path = e2e_dir().join(script);
-    let command = std::iter::once(format!("python tests/e2e/{script}"))
+    let command = env
+        .iter()
+        .map(|(key, value)| format!("{key}={}", shell_quote(value)))
+        .chain(std::iter::once(format!("python tests/e2e/{script}")))
         .chain(args.iter().map(|a| shell_quote(a)))
         .collect::<Vec<_>>()
         .join(" ");
@@ -148,6 +153,7 @@ pub async fn run_script(script: &str, args: &[String], cwd: &Path) -> ScriptRun 
         .current_dir(cwd)
         .env("PYTHONUNBUFFERED", "1")
         .env("PYTHONDONTWRITEBYTECODE", "1")
+        .envs(env.iter().map(|(key, value)| (key, value)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -257,6 +263,18 @@ pub struct LedgerSettings {
     pub price: u64,
     pub upstream: String,
     pub replica_id: String,
+    /// The public port's certificate; `None` serves plain HTTP/1.1 and h2c.
+    pub tls: Option<LedgerTls>,
+    /// `ethereum_rpc_ca_file`, for an `https://` `ethereum_rpc_url`.
+    pub ethereum_rpc_ca_file: Option<PathBuf>,
+}
+
+/// `tls_cert_file` and `tls_key_file`, and the CA the harness trusts to check `/healthz`.
+#[derive(Debug, Clone)]
+pub struct LedgerTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub ca_file: PathBuf,
 }
 
 /// `mpe-ledger serve` as a child process on a free port; SIGTERM when dropped.
@@ -264,21 +282,28 @@ pub struct Ledger {
     child: Option<std::process::Child>,
     pub port: u16,
     pub replica_id: String,
+    /// The CA that the port's certificate chains to, when it serves TLS.
+    tls_ca: Option<PathBuf>,
     log: PathBuf,
     _log_dir: tempfile::TempDir,
 }
 
 /// Every `MPE_LEDGER_*` setting `serve` reads; unset unless given, so the test's environment
 /// cannot leak into the child.
-const LEDGER_KEYS: [&str; 13] = [
+const LEDGER_KEYS: [&str; 18] = [
     "LISTEN",
+    "TLS_CERT_FILE",
+    "TLS_KEY_FILE",
+    "MAX_CONNECTIONS",
     "ETHEREUM_RPC_URL",
+    "ETHEREUM_RPC_CA_FILE",
     "MPE_ADDRESS",
     "GROUP_ID",
     "PAYMENT_ADDRESS",
     "PAYMENT_EXPIRATION_THRESHOLD",
     "PRICE",
     "UPSTREAM",
+    "UPSTREAM_CA_FILE",
     "REPLICA_ID",
     "LEASE_TTL_SECONDS",
     "CONFIRMATIONS",
@@ -292,7 +317,7 @@ impl Ledger {
         let log_dir = tempfile::tempdir().expect("a temporary directory");
         let log = log_dir.path().join(format!("{}.log", settings.replica_id));
         let log_file = std::fs::File::create(&log).expect("the ledger's log file");
-        let env = [
+        let mut env = vec![
             ("DATABASE_URL".to_owned(), database_url.to_owned()),
             ("MPE_LEDGER_ETHEREUM_RPC_URL".to_owned(), settings.ethereum_rpc_url.clone()),
             ("MPE_LEDGER_MPE_ADDRESS".to_owned(), settings.mpe.to_checksum(None)),
@@ -304,6 +329,14 @@ impl Ledger {
             ("MPE_LEDGER_PAYMENT_EXPIRATION_THRESHOLD".to_owned(), "0".to_owned()),
             ("MPE_LEDGER_REPLICA_ID".to_owned(), settings.replica_id.clone()),
         ];
+        let path = |path: &Path| path.display().to_string();
+        if let Some(tls) = &settings.tls {
+            env.push(("MPE_LEDGER_TLS_CERT_FILE".to_owned(), path(&tls.cert_file)));
+            env.push(("MPE_LEDGER_TLS_KEY_FILE".to_owned(), path(&tls.key_file)));
+        }
+        if let Some(ca_file) = &settings.ethereum_rpc_ca_file {
+            env.push(("MPE_LEDGER_ETHEREUM_RPC_CA_FILE".to_owned(), path(ca_file)));
+        }
         let listen = format!("127.0.0.1:{port}");
         println!(
             "\n>>> {} mpe-ledger serve --listen {listen}",
@@ -335,6 +368,7 @@ impl Ledger {
             child: Some(child),
             port,
             replica_id: settings.replica_id.clone(),
+            tls_ca: settings.tls.as_ref().map(|tls| tls.ca_file.clone()),
             log,
             _log_dir: log_dir,
         };
@@ -346,7 +380,7 @@ impl Ledger {
     async fn wait_healthy(&mut self) {
         let deadline = Instant::now() + LEDGER_STARTUP_TIMEOUT;
         loop {
-            if let Ok((200, _)) = http_get(self.port, "/healthz").await {
+            if self.healthz().await == Some(200) {
                 return;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
@@ -362,9 +396,40 @@ impl Ledger {
         }
     }
 
-    /// The endpoint for the clients: `http://127.0.0.1:<port>`.
+    /// The status of `GET /healthz` (over https trusting the test CA when the port serves TLS),
+    /// `None` when there is no answer.
+    pub async fn healthz(&self) -> Option<u16> {
+        match &self.tls_ca {
+            Some(ca) => super::tls::https_get(self.port, "/healthz", ca, mpe_ledger::tls::ALPN_HTTP1)
+                .await
+                .ok()
+                .map(|(status, _, _)| status),
+            None => http_get(self.port, "/healthz").await.ok().map(|(status, _)| status),
+        }
+    }
+
+    /// The endpoint for the clients: `http://127.0.0.1:<port>`, or `https://` when it serves TLS.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls_ca.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// Sends `signal` to the running `serve` (e.g. SIGHUP to reload its certificate).
+    pub fn signal(&self, signal: Signal) {
+        let child = self.child.as_ref().expect("serve is running");
+        kill(Pid::from_raw(child.id() as i32), signal).expect("signal serve");
+    }
+
+    /// Waits until the log holds `needle` `count` times; false after `timeout`.
+    pub async fn wait_for_log(&self, needle: &str, count: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.log().matches(needle).count() < count {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        true
     }
 
     /// The process id of the running `serve` (`None` once stopped), e.g. to read its peak memory.
@@ -469,6 +534,8 @@ pub struct CliSetup<'a> {
 /// snet-cli with a scratch HOME, set up by `tests/e2e/snet_cli.py setup`.
 pub struct SnetCli {
     home: tempfile::TempDir,
+    /// Added to the environment of every later command ([`SnetCli::with_env`]).
+    env: Vec<(String, String)>,
 }
 
 impl SnetCli {
@@ -505,7 +572,7 @@ impl SnetCli {
         if let Some(value) = setup.open_channel {
             args.extend(["--open-channel".to_owned(), value.to_string()]);
         }
-        let cli = Self { home };
+        let cli = Self { home, env: Vec::new() };
         let run = cli.run("setup", args).await;
         run.assert_success();
         (cli, run)
@@ -514,7 +581,13 @@ impl SnetCli {
     async fn run(&self, command: &str, args: Vec<String>) -> ScriptRun {
         let mut all = vec!["--home".to_owned(), self.home.path().display().to_string(), command.to_owned()];
         all.extend(args);
-        run_script("snet_cli.py", &all, self.home.path()).await
+        run_script("snet_cli.py", &all, self.home.path(), &self.env).await
+    }
+
+    /// Every later command runs with `env` added to its environment.
+    pub fn with_env(mut self, env: Vec<(String, String)>) -> Self {
+        self.env = env;
+        self
     }
 
     /// `snet client ARGS` as the client identity.
@@ -559,6 +632,11 @@ pub struct SdkRun {
 
 /// Runs `tests/e2e/snet_sdk_calls.py` with a scratch HOME.
 pub async fn sdk_calls(calls: &SdkCalls<'_>) -> SdkRun {
+    sdk_calls_with_env(calls, &[]).await
+}
+
+/// [`sdk_calls`] with `env` added to the script's environment.
+pub async fn sdk_calls_with_env(calls: &SdkCalls<'_>, env: &[(String, String)]) -> SdkRun {
     let home = tempfile::tempdir().expect("a scratch HOME");
     let mut args = vec![
         "--home".to_owned(),
@@ -589,7 +667,7 @@ pub async fn sdk_calls(calls: &SdkCalls<'_>) -> SdkRun {
     if calls.keep_going {
         args.push("--keep-going".to_owned());
     }
-    let run = run_script("snet_sdk_calls.py", &args, home.path()).await;
+    let run = run_script("snet_sdk_calls.py", &args, home.path(), env).await;
     let count = |key: &str| run.value_of(key).and_then(|v| v.parse().ok()).unwrap_or(0);
     let (successful_calls, failed_calls) = (count("successful_calls"), count("failed_calls"));
     SdkRun { run, successful_calls, failed_calls }

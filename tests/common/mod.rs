@@ -12,6 +12,7 @@ pub mod escrow;
 pub mod ganache;
 pub mod gateway;
 pub mod pg_proxy;
+pub mod tls;
 pub mod upstream;
 
 use std::path::PathBuf;
