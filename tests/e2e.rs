@@ -4,6 +4,9 @@
 //! Registry and no IPFS: the clients are pointed at the ledger as tests/e2e/snet_cli.py and
 //! tests/e2e/snet_sdk_calls.py describe.
 //!
+//! Over TLS too: the clients call an `https://` ledger whose certificate comes from a CA made at run
+//! time, and the ledger reads the chain through `https://` (a TLS proxy in front of ganache).
+//!
 //! Every client command and its output is printed; run with `--nocapture` to see them:
 //! `cargo test --test e2e -- --nocapture --test-threads 1`.
 
@@ -13,10 +16,12 @@ use std::time::Duration;
 
 use common::TestDb;
 use common::e2e::{
-    CliSetup, ExampleService, Ledger, LedgerSettings, SdkCalls, SnetCli, accepted_increments, cogs_to_fet,
-    event_count, event_log, sdk_calls, verify, wait_for_event,
+    CliSetup, ExampleService, Ledger, LedgerSettings, LedgerTls, SdkCalls, SnetCli, accepted_increments,
+    clients_trusting, cogs_to_fet, event_count, event_log, sdk_calls, sdk_calls_with_env, verify,
+    wait_for_event,
 };
 use common::ganache::{Account, Ganache, Mpe};
+use common::tls::{TestCa, TlsFront, socket_of};
 use mpe_ledger::chain::{ChainReader, EthChain};
 use mpe_ledger::domain::{Amount, ChannelId, Nonce};
 
@@ -308,5 +313,112 @@ async fn two_replicas_on_one_database_share_the_channel_state() {
 
     drop(a);
     drop(b);
+    verify(&world.db.owner_url).await.assert_success();
+}
+
+/// The whole wire over TLS: snet-cli reads the channel state, pays two calls and the treasurer claims
+/// them on chain through an `https://` ledger; snet-sdk pays a unary and a server-streaming call
+/// through it; the ledger itself reads the chain only through `https://`. The clients trust the
+/// test CA through tests/e2e/test_ca_sitecustomize.py (they trust only their bundled roots).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_real_clients_pay_over_tls_and_the_ledger_reads_the_chain_over_https() {
+    const CHANNEL_VALUE: u64 = 1000;
+    let ganache = Ganache::start().await;
+    let world = World::new(&ganache).await;
+    let (cli_client, sdk_client) = (ganache.account(1), ganache.account(3));
+    world.mpe.mint_and_deposit(cli_client, 10_000).await;
+    world.mpe.mint_and_deposit(sdk_client, 10_000).await;
+    let ca = TestCa::new();
+    let node =
+        TlsFront::start(socket_of(ganache.url()), &ca, vec![mpe_ledger::tls::ALPN_HTTP1.to_vec()]).await;
+    let cert = ca.issue(&["127.0.0.1", "localhost"]);
+    let settings = LedgerSettings {
+        ethereum_rpc_url: node.url(),
+        ethereum_rpc_ca_file: Some(ca.ca_file()),
+        tls: Some(LedgerTls { cert_file: cert.cert_file, key_file: cert.key_file, ca_file: ca.ca_file() }),
+        ..world.ledger_settings("replica-tls")
+    };
+    let ledger = Ledger::start(&world.db.owner_url, &settings).await;
+    let endpoint = ledger.endpoint();
+    assert!(endpoint.starts_with("https://127.0.0.1:"), "{endpoint}");
+    println!("ledger {endpoint}, reading the chain through {}", node.url());
+    let (_sitecustomize, trust) = clients_trusting(&ca.ca_file());
+
+    let (cli, setup) = SnetCli::setup(&CliSetup {
+        ganache: &ganache,
+        mpe: &world.mpe,
+        client: cli_client,
+        treasurer: world.provider(),
+        org: ORG,
+        service: SERVICE,
+        group: GROUP,
+        group_id: GROUP_ID,
+        price: PRICE,
+        endpoint: endpoint.clone(),
+        open_channel: Some(CHANNEL_VALUE),
+    })
+    .await;
+    let channel: ChannelId =
+        setup.value_of("CHANNEL_ID").expect("snet opened a channel").parse().expect("a channel id");
+    let channel_text = channel.to_string();
+
+    // The clients really check the certificate: with only their bundled roots they refuse it.
+    let untrusted = cli.client(&["get-channel-state", &channel_text, &endpoint]).await;
+    assert!(!untrusted.success(), "snet-cli accepted a certificate of an unknown CA");
+    untrusted.assert_stdout_contains("CERTIFICATE_VERIFY_FAILED");
+    let cli = cli.with_env(trust.clone());
+
+    let state = cli.client(&["get-channel-state", &channel_text, &endpoint]).await;
+    state.assert_success();
+    for line in channel_state_lines(0, 0, CHANNEL_VALUE) {
+        state.assert_stdout_contains(&line);
+    }
+    for _ in 0..2 {
+        let call = cli.client(&["call", ORG, SERVICE, GROUP, "add", ADD, "-y", "--skip-update-check"]).await;
+        call.assert_success().assert_stdout_contains("value: 5");
+    }
+    let state = cli.client(&["get-channel-state", &channel_text, &endpoint]).await;
+    state.assert_success();
+    for line in channel_state_lines(0, 2 * PRICE, CHANNEL_VALUE - 2 * PRICE) {
+        state.assert_stdout_contains(&line);
+    }
+    let claim = cli.treasurer(&["claim-all", "--endpoint", &endpoint, "-y"]).await;
+    claim.assert_success().assert_stdout_contains("ChannelClaim");
+    let (nonce, value) = world.on_chain(channel).await;
+    assert_eq!(
+        (nonce, value),
+        (Nonce::from(1), Amount::from(CHANNEL_VALUE - 2 * PRICE)),
+        "the claim landed on chain"
+    );
+    assert_eq!(event_count(&world.db.pool, "claim_started", channel).await, 1);
+    assert_eq!(event_count(&world.db.pool, "payment_accepted", channel).await, 2);
+
+    let sdk = sdk_calls_with_env(
+        &SdkCalls {
+            ganache: &ganache,
+            mpe: &world.mpe,
+            client: sdk_client,
+            payment_address: world.provider().address,
+            group_id: GROUP_ID,
+            price: PRICE,
+            endpoints: vec![endpoint.clone()],
+            calls: 1,
+            stream: true,
+            keep_going: false,
+        },
+        &trust,
+    )
+    .await;
+    sdk.run.assert_success();
+    assert_eq!((sdk.successful_calls, sdk.failed_calls), (2, 0));
+    sdk.run.assert_stdout_contains(&format!("call 1 via {endpoint}: value=5"));
+    sdk.run.assert_stdout_contains(&format!("stream via {endpoint}: values=2,3,5"));
+
+    let calls = world.service.wait_for_calls(4).await;
+    assert_eq!(calls.len(), 4, "two snet-cli calls, two snet-sdk calls: {calls:?}");
+    world.print_event_log().await;
+    assert_eq!(accepted_increments(&world.db.pool).await, u128::from(4 * PRICE));
+
+    drop(ledger);
     verify(&world.db.owner_url).await.assert_success();
 }

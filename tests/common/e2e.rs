@@ -178,6 +178,20 @@ pub async fn run_script(script: &str, args: &[String], cwd: &Path, env: &[(Strin
     run
 }
 
+/// The environment under which the client scripts trust the CA of `ca_file` as well as their
+/// bundled roots, through `tests/e2e/test_ca_sitecustomize.py` (why and how: its docstring). The
+/// directory holding it as `sitecustomize.py` must outlive the scripts run with the variables.
+pub fn clients_trusting(ca_file: &Path) -> (tempfile::TempDir, Vec<(String, String)>) {
+    let dir = tempfile::tempdir().expect("a directory for sitecustomize.py");
+    std::fs::copy(e2e_dir().join("test_ca_sitecustomize.py"), dir.path().join("sitecustomize.py"))
+        .expect("copy the sitecustomize of the TLS test");
+    let env = vec![
+        ("PYTHONPATH".to_owned(), dir.path().display().to_string()),
+        ("MPE_LEDGER_TEST_CA_FILE".to_owned(), ca_file.display().to_string()),
+    ];
+    (dir, env)
+}
+
 // ------------------------------------------------------------------------------------------------
 // The example service
 
