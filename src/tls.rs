@@ -5,8 +5,9 @@
 //!   upstream service). The system's root certificates (`rustls-native-certs`; certificates that do
 //!   not parse are skipped and counted in the log, never fatal) plus, when given, every certificate
 //!   of one PEM CA file. A CA file that cannot be read or holds no certificate is an error naming the
-//!   file; it is never silently ignored. The ALPN list is the caller's (reqwest wants `h2` and
-//!   `http/1.1`, a gRPC upstream only `h2`).
+//!   file; it is never silently ignored. The ALPN list is the caller's: reqwest is given `h2` and
+//!   `http/1.1`; hyper-rustls's connector (the upstream) must get none, it sets `h2` itself and
+//!   panics on a configuration that has some already.
 //! - **Server** ([`ServerCert`], [`server_config`]): the public port's certificate chain and key, read
 //!   from PEM files (`tls_cert_file`, `tls_key_file`), offered with ALPN `h2` and `http/1.1`.
 //!
@@ -99,7 +100,8 @@ fn provider() -> Arc<CryptoProvider> {
 // Client side
 
 /// A client configuration trusting the system's roots plus every certificate of the PEM file
-/// `ca_file` (e.g. the `ethereum_rpc_ca_file` setting), offering `alpn` in that order.
+/// `ca_file` (e.g. the `ethereum_rpc_ca_file` setting), offering `alpn` in that order (empty for
+/// hyper-rustls, which sets its own).
 pub fn client_config(ca_file: Option<&Path>, alpn: &[&[u8]]) -> Result<ClientConfig, TlsError> {
     let mut roots = system_roots().clone();
     if let Some(path) = ca_file {

@@ -72,6 +72,7 @@ impl<'a> World<'a> {
             replica_id: replica_id.to_owned(),
             tls: None,
             ethereum_rpc_ca_file: None,
+            upstream_ca_file: None,
         }
     }
 

@@ -1,6 +1,7 @@
-//! TLS on the wire: `mpe-ledger serve` with a certificate (HTTP/1.1 and h2 by ALPN, gRPC over TLS,
-//! no plaintext), certificate reload on SIGHUP without dropping connections, SIGHUP on a plain port,
-//! the chain read over `https://`, and start-up refusals of unusable TLS settings.
+//! TLS and signals on the public port, and TLS out of it: `mpe-ledger serve` with a certificate
+//! (HTTP/1.1 and h2 by ALPN, gRPC over TLS, no plaintext), certificate reload on SIGHUP without
+//! dropping connections, SIGHUP on a plain port, a paid call in flight finishing after SIGTERM, the
+//! chain and the upstream reached over `https://`, and start-up refusals of unusable TLS settings.
 //!
 //! Every certificate comes from a CA made when the test runs (tests/common/tls.rs); the chain is
 //! ganache with the real MPE, the database a real Postgres, `serve` the real binary.
@@ -8,15 +9,17 @@
 mod common;
 
 use std::error::Error as _;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use common::TestDb;
-use common::e2e::{Ledger, LedgerSettings, LedgerTls, http_get};
+use common::e2e::{Ledger, LedgerSettings, LedgerTls, event_count, http_get};
 use common::ganache::{Ganache, Mpe};
+use common::gateway::{OK, RawClient, Reply, payment_metadata};
 use common::tls::{IssuedCert, TestCa, TlsConnection, TlsFront, grpc_channel, https_get, socket_of};
-use common::upstream::Upstream;
+use common::upstream::{ECHO, SLOW, Upstream};
 use mpe_ledger::chain::{ChainReader, EthChain};
 use mpe_ledger::domain::signature::{channel_state_message, sign};
 use mpe_ledger::domain::{Amount, ChannelId, Nonce};
@@ -24,11 +27,13 @@ use mpe_ledger::grpc::proto::ChannelStateRequest;
 use mpe_ledger::grpc::proto::payment_channel_state_service_client::PaymentChannelStateServiceClient;
 use mpe_ledger::tls::{ALPN_H2, ALPN_HTTP1};
 use nix::sys::signal::Signal;
+use tokio::task::JoinHandle;
 
 const GROUP_ID: [u8; 32] = [7; 32];
 const CLIENT: usize = 1;
 const PROVIDER: usize = 2;
 const CHANNEL_VALUE: u64 = 1000;
+const PRICE: u64 = 10;
 /// How long `serve` may take to act on a SIGHUP.
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
 const RELOADED: &str = "TLS certificate reloaded";
@@ -69,18 +74,22 @@ impl<'a> World<'a> {
     }
 
     async fn ledger(&self, tls: Option<LedgerTls>) -> Ledger {
-        let settings = LedgerSettings {
+        Ledger::start(&self.db.owner_url, &LedgerSettings { tls, ..self.settings() }).await
+    }
+
+    fn settings(&self) -> LedgerSettings {
+        LedgerSettings {
             ethereum_rpc_url: self.ganache.url().to_owned(),
             mpe: self.mpe.address,
             group_id: GROUP_ID,
             payment_address: self.ganache.account(PROVIDER).address,
-            price: 10,
+            price: PRICE,
             upstream: self.upstream.url.clone(),
             replica_id: "replica-tls".to_owned(),
-            tls,
+            tls: None,
             ethereum_rpc_ca_file: None,
-        };
-        Ledger::start(&self.db.owner_url, &settings).await
+            upstream_ca_file: None,
+        }
     }
 
     async fn open_channel(&self) -> ChannelId {
@@ -89,6 +98,15 @@ impl<'a> World<'a> {
         let expiration = self.ganache.block_number().await + 100_000;
         let provider = self.ganache.account(PROVIDER).address;
         self.mpe.open_channel(client, client.address, provider, GROUP_ID, CHANNEL_VALUE, expiration).await
+    }
+
+    /// A call of `method` paying one price at nonce 0 of `channel`, over h2c, in a task of its own.
+    fn paid_call(&self, ledger: &Ledger, channel: ChannelId, method: &'static str) -> JoinHandle<Reply> {
+        let metadata = payment_metadata(&self.mpe, self.ganache.account(CLIENT), channel, 0, PRICE);
+        let address = SocketAddr::from(([127, 0, 0, 1], ledger.port));
+        tokio::spawn(
+            async move { RawClient::connect(address).await.call(method, &metadata, &[b"paid"]).await },
+        )
     }
 
     /// `GetChannelState` signed by the client at the current block, as the clients send it.
@@ -207,6 +225,55 @@ async fn sighup_does_not_stop_a_plain_port() {
     );
     assert_eq!(ledger.healthz().await, Some(200), "serve is still healthy after SIGHUP");
     assert!(ledger.endpoint().starts_with("http://"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_a_paid_call_in_flight_finish_and_record_its_payment_before_serve_exits() {
+    let ganache = Ganache::start().await;
+    let world = World::new(&ganache).await;
+    let channel = world.open_channel().await;
+    let mut ledger = world.ledger(None).await;
+
+    let call = world.paid_call(&ledger, channel, SLOW);
+    let deadline = std::time::Instant::now() + RELOAD_TIMEOUT;
+    while world.upstream.call_count() == 0 {
+        assert!(std::time::Instant::now() < deadline, "the call never reached the upstream");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ledger.signal(Signal::SIGTERM);
+    assert!(
+        ledger.wait_for_log("no longer accepting connections", 1, RELOAD_TIMEOUT).await,
+        "{}",
+        ledger.log()
+    );
+    assert!(!call.is_finished(), "the shutdown began while the call was in flight");
+
+    let reply = call.await.unwrap();
+    assert_eq!((reply.status, reply.messages), (OK, vec![b"paid".to_vec()]), "{}", reply.message);
+    assert!(ledger.stop(), "serve exits successfully:\n{}", ledger.log());
+    assert!(ledger.log().contains("every connection finished"), "{}", ledger.log());
+    assert_eq!(event_count(&world.db.pool, "payment_accepted", channel).await, 1, "the payment was recorded");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paid_call_is_forwarded_to_an_https_upstream_trusting_upstream_ca_file() {
+    let ganache = Ganache::start().await;
+    let world = World::new(&ganache).await;
+    let channel = world.open_channel().await;
+    let front = TlsFront::start(world.upstream.address(), &world.ca, vec![ALPN_H2.to_vec()]).await;
+    let settings = LedgerSettings {
+        upstream: front.url(),
+        upstream_ca_file: Some(world.ca.ca_file()),
+        ..world.settings()
+    };
+    let ledger = Ledger::start(&world.db.owner_url, &settings).await;
+
+    let reply = world.paid_call(&ledger, channel, ECHO).await.unwrap();
+    assert_eq!((reply.status, reply.messages), (OK, vec![b"paid".to_vec()]), "{}", reply.message);
+    assert_eq!(world.upstream.call_count(), 1);
+    let user = world.ganache.account(CLIENT).address.to_checksum(None);
+    assert_eq!(world.upstream.last_call().user_address(), Some(user));
+    assert_eq!(event_count(&world.db.pool, "payment_accepted", channel).await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]

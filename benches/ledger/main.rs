@@ -206,6 +206,7 @@ async fn run(cluster: &EmbeddedCluster, sizes: &Sizes) {
         replica_id: "bench".to_owned(),
         tls: None,
         ethereum_rpc_ca_file: None,
+        upstream_ca_file: None,
     };
     let mut ledger = Ledger::start(&owner_url, &settings).await;
     let admin = PgPool::connect(&owner_url).await.expect("an owner pool on the ledger database");

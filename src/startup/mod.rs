@@ -193,9 +193,18 @@ pub fn public_router(
     }
     let gateway = match (escrow, &config.chain) {
         (Some(escrow), Some(chain)) => {
+            // No ALPN here: the gateway's hyper-rustls connector sets `h2` itself and refuses a
+            // configuration that already has some.
+            let upstream_tls = if chain.upstream.starts_with("https://") {
+                let tls = crate::tls::client_config(chain.upstream_ca_file.as_deref(), &[])
+                    .context("invalid setting upstream_ca_file")?;
+                Some(Arc::new(tls))
+            } else {
+                None
+            };
             let settings = GatewaySettings {
                 upstream: chain.upstream.clone(),
-                upstream_tls: None,
+                upstream_tls,
                 max_message_bytes: config.max_message_bytes,
                 max_call_duration: config.max_call_duration,
                 max_concurrent_calls: config.max_concurrent_calls,

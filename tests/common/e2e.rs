@@ -281,6 +281,8 @@ pub struct LedgerSettings {
     pub tls: Option<LedgerTls>,
     /// `ethereum_rpc_ca_file`, for an `https://` `ethereum_rpc_url`.
     pub ethereum_rpc_ca_file: Option<PathBuf>,
+    /// `upstream_ca_file`, for an `https://` `upstream`.
+    pub upstream_ca_file: Option<PathBuf>,
 }
 
 /// `tls_cert_file` and `tls_key_file`, and the CA the harness trusts to check `/healthz`.
@@ -304,7 +306,7 @@ pub struct Ledger {
 
 /// Every `MPE_LEDGER_*` setting `serve` reads; unset unless given, so the test's environment
 /// cannot leak into the child.
-const LEDGER_KEYS: [&str; 18] = [
+const LEDGER_KEYS: [&str; 20] = [
     "LISTEN",
     "TLS_CERT_FILE",
     "TLS_KEY_FILE",
@@ -322,6 +324,8 @@ const LEDGER_KEYS: [&str; 18] = [
     "LEASE_TTL_SECONDS",
     "CONFIRMATIONS",
     "MAX_MESSAGE_BYTES",
+    "MAX_CALL_SECONDS",
+    "MAX_CONCURRENT_CALLS",
     "CONFIG",
 ];
 
@@ -350,6 +354,9 @@ impl Ledger {
         }
         if let Some(ca_file) = &settings.ethereum_rpc_ca_file {
             env.push(("MPE_LEDGER_ETHEREUM_RPC_CA_FILE".to_owned(), path(ca_file)));
+        }
+        if let Some(ca_file) = &settings.upstream_ca_file {
+            env.push(("MPE_LEDGER_UPSTREAM_CA_FILE".to_owned(), path(ca_file)));
         }
         let listen = format!("127.0.0.1:{port}");
         println!(
