@@ -17,7 +17,8 @@
 //!   [`SHUTDOWN_GRACE`]; connections still open then are dropped.
 //! - HTTP/2 settings are hyper's defaults (as `axum::serve` has them) plus keep-alive pings, which
 //!   find dead peers of long streaming calls, and the adaptive flow-control window (BDP estimation),
-//!   which lets a large reply use the path's bandwidth instead of the fixed 64 KiB window.
+//!   which lets a large reply use the path's bandwidth instead of the fixed 64 KiB window. axum's
+//!   extended CONNECT (for WebSockets over HTTP/2) is not enabled: nothing here upgrades.
 //!
 //! Decided here: a failed or timed-out TLS handshake is logged at debug level only (port scanners and
 //! plain clients on a TLS port make them routine); `RUST_LOG=mpe_ledger::startup::public_port=debug`
