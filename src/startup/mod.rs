@@ -138,8 +138,8 @@ impl Escrow {
 /// replica's leases, closes the pool, stops the cluster it started. SIGHUP reloads the TLS
 /// certificate.
 pub async fn serve(settings: &DatabaseSettings, config: Config) -> anyhow::Result<()> {
-    // First: from here on SIGHUP cannot kill the process, and SIGTERM shuts it down cleanly.
-    let signals = Signals::install().context("installing the signal handlers")?;
+    // First: from here on SIGHUP cannot kill the process.
+    let mut signals = Signals::install().context("installing the SIGHUP handler")?;
     // Before the database, which may start a cluster: a certificate that cannot be used fails fast.
     let tls = config.tls.as_ref().map(PortTls::load).transpose()?;
     let database = Database::open(settings).await?;
@@ -163,6 +163,7 @@ pub async fn serve(settings: &DatabaseSettings, config: Config) -> anyhow::Resul
     let app = public_router(&database.pool, &metrics, &config, escrow.as_ref())?;
     let watcher = escrow.as_ref().map(|escrow| tokio::spawn(watch_claims(escrow.claims.clone())));
     let head_block = escrow.as_ref().map(|escrow| tokio::spawn(watch_head_block(escrow.channels.clone())));
+    signals.listen_for_shutdown().context("installing the SIGINT and SIGTERM handlers")?;
     port.serve(app, signals).await;
     tracing::info!("shutting down");
     for task in [watcher, head_block].into_iter().flatten() {

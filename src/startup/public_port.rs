@@ -11,7 +11,10 @@
 //! - **Signals.** [`Signals::install`] is called first thing in `serve`, so that from then on SIGHUP
 //!   never terminates the process (its default action). SIGHUP reloads the certificate in TLS mode
 //!   (connections already open keep theirs and are not dropped: see `crate::tls`) and is logged as
-//!   having nothing to reload in plain mode. SIGINT or SIGTERM starts the graceful shutdown.
+//!   having nothing to reload in plain mode. SIGINT and SIGTERM are taken over only once start-up
+//!   is done ([`Signals::listen_for_shutdown`]): until then they stop the process at once, as
+//!   before, rather than waiting unseen for a start-up that may hang; from then on either one starts
+//!   the graceful shutdown.
 //! - **Graceful shutdown.** The listener closes; every connection is told to finish (HTTP/2 GOAWAY,
 //!   HTTP/1.1 closes after its response in flight) and calls in flight run to their end, for at most
 //!   [`SHUTDOWN_GRACE`]; connections still open then are dropped.
@@ -56,11 +59,11 @@ pub const HTTP2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// that the loop does not spin while the condition lasts.
 pub const ACCEPT_ERROR_PAUSE: Duration = Duration::from_secs(1);
 
-/// The process's signal handlers, installed once at start-up.
+/// The process's signal handlers: SIGHUP from the start, SIGINT and SIGTERM once start-up is done.
 pub struct Signals {
-    interrupt: Signal,
-    terminate: Signal,
     hangup: Signal,
+    /// SIGINT and SIGTERM.
+    shutdown: Option<(Signal, Signal)>,
 }
 
 /// What a signal asks of the port.
@@ -71,20 +74,30 @@ enum Asked {
 }
 
 impl Signals {
-    /// Installs the SIGINT, SIGTERM and SIGHUP handlers. Signals that arrive before the port serves
-    /// are kept and acted on once it does.
+    /// Installs the SIGHUP handler. A SIGHUP that arrives before the port serves is acted on once
+    /// it does.
     pub fn install() -> io::Result<Self> {
-        Ok(Self {
-            interrupt: signal(SignalKind::interrupt())?,
-            terminate: signal(SignalKind::terminate())?,
-            hangup: signal(SignalKind::hangup())?,
-        })
+        Ok(Self { hangup: signal(SignalKind::hangup())?, shutdown: None })
+    }
+
+    /// Takes over SIGINT and SIGTERM: from now on they start the graceful shutdown.
+    pub fn listen_for_shutdown(&mut self) -> io::Result<()> {
+        self.shutdown = Some((signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?));
+        Ok(())
     }
 
     async fn next(&mut self) -> Asked {
+        let shutdown = async {
+            match &mut self.shutdown {
+                Some((interrupt, terminate)) => tokio::select! {
+                    _ = interrupt.recv() => {}
+                    _ = terminate.recv() => {}
+                },
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            _ = self.interrupt.recv() => Asked::Shutdown,
-            _ = self.terminate.recv() => Asked::Shutdown,
+            () = shutdown => Asked::Shutdown,
             _ = self.hangup.recv() => Asked::Reload,
         }
     }
