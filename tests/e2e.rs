@@ -31,6 +31,8 @@ const ORG: &str = "testorg";
 const SERVICE: &str = "calc";
 const GROUP: &str = "default_group";
 const ADD: &str = r#"{"a":2,"b":3}"#;
+/// The value in cogs of the channel snet-cli opens itself.
+const CHANNEL_VALUE: u64 = 1000;
 /// The provider: the channels' recipient, the group's payment address, snet's treasurer.
 const PROVIDER: usize = 2;
 
@@ -43,6 +45,28 @@ struct World<'a> {
 }
 
 impl<'a> World<'a> {
+    /// snet-cli set up for `client` and the provider at `endpoint`, with the channel snet itself
+    /// opened (CHANNEL_VALUE cogs).
+    async fn snet_cli_with_channel(&self, client: &Account, endpoint: &str) -> (SnetCli, ChannelId) {
+        let (cli, setup) = SnetCli::setup(&CliSetup {
+            ganache: self.ganache,
+            mpe: &self.mpe,
+            client,
+            treasurer: self.provider(),
+            org: ORG,
+            service: SERVICE,
+            group: GROUP,
+            group_id: GROUP_ID,
+            price: PRICE,
+            endpoint: endpoint.to_owned(),
+            open_channel: Some(CHANNEL_VALUE),
+        })
+        .await;
+        let channel =
+            setup.value_of("CHANNEL_ID").expect("snet opened a channel").parse().expect("a channel id");
+        (cli, channel)
+    }
+
     async fn new(ganache: &'a Ganache) -> Self {
         let mpe = Mpe::deploy(ganache).await;
         let db = TestDb::new().await;
@@ -117,7 +141,6 @@ fn channel_state_lines(nonce: u64, signed: u64, unspent: u64) -> [String; 3] {
 /// ledger records the claim as finished and the client sees the new nonce.
 #[tokio::test(flavor = "multi_thread")]
 async fn snet_cli_pays_through_the_ledger_and_the_treasurer_claims_on_chain() {
-    const CHANNEL_VALUE: u64 = 1000;
     let ganache = Ganache::start().await;
     let world = World::new(&ganache).await;
     let client = ganache.account(1);
@@ -125,22 +148,7 @@ async fn snet_cli_pays_through_the_ledger_and_the_treasurer_claims_on_chain() {
     let ledger = world.ledger("replica-cli").await;
     let endpoint = ledger.endpoint();
 
-    let (cli, setup) = SnetCli::setup(&CliSetup {
-        ganache: &ganache,
-        mpe: &world.mpe,
-        client,
-        treasurer: world.provider(),
-        org: ORG,
-        service: SERVICE,
-        group: GROUP,
-        group_id: GROUP_ID,
-        price: PRICE,
-        endpoint: endpoint.clone(),
-        open_channel: Some(CHANNEL_VALUE),
-    })
-    .await;
-    let channel: ChannelId =
-        setup.value_of("CHANNEL_ID").expect("snet opened a channel").parse().expect("a channel id");
+    let (cli, channel) = world.snet_cli_with_channel(client, &endpoint).await;
     let channel_text = channel.to_string();
 
     // The channel as the ledger first sees it: nothing signed yet.
@@ -323,7 +331,6 @@ async fn two_replicas_on_one_database_share_the_channel_state() {
 /// test CA through tests/e2e/test_ca_sitecustomize.py (they trust only their bundled roots).
 #[tokio::test(flavor = "multi_thread")]
 async fn the_real_clients_pay_over_tls_and_the_ledger_reads_the_chain_over_https() {
-    const CHANNEL_VALUE: u64 = 1000;
     let ganache = Ganache::start().await;
     let world = World::new(&ganache).await;
     let (cli_client, sdk_client) = (ganache.account(1), ganache.account(3));
@@ -345,22 +352,7 @@ async fn the_real_clients_pay_over_tls_and_the_ledger_reads_the_chain_over_https
     println!("ledger {endpoint}, reading the chain through {}", node.url());
     let (_sitecustomize, trust) = clients_trusting(&ca.ca_file());
 
-    let (cli, setup) = SnetCli::setup(&CliSetup {
-        ganache: &ganache,
-        mpe: &world.mpe,
-        client: cli_client,
-        treasurer: world.provider(),
-        org: ORG,
-        service: SERVICE,
-        group: GROUP,
-        group_id: GROUP_ID,
-        price: PRICE,
-        endpoint: endpoint.clone(),
-        open_channel: Some(CHANNEL_VALUE),
-    })
-    .await;
-    let channel: ChannelId =
-        setup.value_of("CHANNEL_ID").expect("snet opened a channel").parse().expect("a channel id");
+    let (cli, channel) = world.snet_cli_with_channel(cli_client, &endpoint).await;
     let channel_text = channel.to_string();
 
     // The clients really check the certificate: with only their bundled roots they refuse it.
