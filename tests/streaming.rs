@@ -113,3 +113,86 @@ async fn a_malformed_grpc_timeout_is_refused_before_anything_is_forwarded() {
     assert_eq!(world.snapshot().await, before);
     assert_eq!(world.leases_held().await, 0);
 }
+
+#[tokio::test]
+async fn the_first_streamed_message_reaches_the_client_before_the_service_sends_its_last() {
+    let ganache = Ganache::start().await;
+    let world = World::new(&ganache).await;
+    let (frames, mut reply) =
+        world.client.open_streaming(upstream::GATED, &world.metadata(0, PRICE), b"first").await;
+    // The service holds its last message until the gate opens: the first one is already here.
+    assert_eq!(promptly("the first message", reply.next()).await, Next::Message(b"first".to_vec()));
+    assert_eq!(world.accepted_amounts().await, amounts(&[]), "nothing is recorded before the status");
+    assert_eq!(world.leases_held().await, 1, "the channel is held while the call runs");
+    world.upstream.open_gate();
+    assert_eq!(promptly("the last message", reply.next()).await, Next::Message(vec![2]));
+    drop(frames);
+    assert_eq!(promptly("the status", reply.next()).await, Next::Status(OK, String::new()));
+    assert_eq!(world.accepted_amounts().await, amounts(&[PRICE]));
+    assert_eq!(world.leases_held().await, 0);
+}
+
+#[tokio::test]
+async fn beyond_the_concurrency_limit_a_call_is_refused_at_once_and_the_ledger_keeps_serving() {
+    let ganache = Ganache::start().await;
+    let options = WorldOptions { max_concurrent_calls: 2, channels: 3, ..WorldOptions::default() };
+    let world = World::build(&ganache, options).await;
+    let sender = world.sender();
+    // Two calls on two channels hold both places, waiting at the gate.
+    let mut running = Vec::new();
+    for &channel in &world.channels[..2] {
+        let metadata = world.metadata_for(sender, channel, 0, PRICE);
+        let (frames, mut reply) = world.client.open_streaming(upstream::GATED, &metadata, b"held").await;
+        assert_eq!(promptly("the first message", reply.next()).await, Next::Message(b"held".to_vec()));
+        running.push((frames, reply));
+    }
+    let before = world.snapshot().await;
+    let third = world.metadata_for(sender, world.channels[2], 0, PRICE);
+    let started = Instant::now();
+    let refused = world.call(upstream::ECHO, &third).await;
+    assert_eq!(
+        (refused.status, refused.message.as_str()),
+        (RESOURCE_EXHAUSTED, "too many paid calls in flight (at most 2): try again later")
+    );
+    assert!(started.elapsed() < PROMPTLY, "refused at once, not queued");
+    assert_eq!(world.snapshot().await, before, "a refused call writes nothing");
+    assert_eq!(world.metrics.paid_call_limits.with_label_values(&["concurrency"]).get(), 1);
+
+    // The running calls end well, and a place is free again.
+    world.upstream.open_gate();
+    for (frames, mut reply) in running {
+        drop(frames);
+        let (messages, _, status, message) = promptly("the held call's end", reply.drain()).await;
+        assert_eq!((messages, status, message.as_str()), (1, OK, ""));
+    }
+    let served = world.call(upstream::ECHO, &third).await;
+    assert_eq!((served.status, served.message.as_str()), (OK, ""));
+    for &channel in &world.channels {
+        assert_eq!(world.accepted_amounts_of(channel).await, amounts(&[PRICE]));
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_mid_stream_leaves_no_lease_and_no_payment_behind() {
+    let ganache = Ganache::start().await;
+    let world = World::new(&ganache).await;
+    let before = world.snapshot().await;
+    let (frames, mut reply) =
+        world.client.open_streaming(upstream::GATED, &world.metadata(0, PRICE), b"first").await;
+    assert_eq!(promptly("the first message", reply.next()).await, Next::Message(b"first".to_vec()));
+    assert_eq!(world.leases_held().await, 1);
+    // The client goes: its request and its reply are dropped, which resets the stream.
+    drop(frames);
+    drop(reply);
+    promptly("the lease's release", async {
+        while world.leases_held().await != 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    world.upstream.open_gate();
+    assert_eq!(world.snapshot().await, before, "a call the client left is not recorded");
+    // The channel takes the same payment at once.
+    world.pay_successfully(0, PRICE).await;
+    assert_eq!(world.accepted_amounts().await, amounts(&[PRICE]));
+}

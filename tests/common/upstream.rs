@@ -147,6 +147,7 @@ async fn answer(request: Request<Incoming>, shared: Arc<Shared>) -> Result<Respo
     match path.as_str() {
         BIDI => return Ok(streamed(bidi(request.into_body()))),
         HANG => return Ok(streamed(hang(shared))),
+        GATED | BIG => return Ok(streamed_after_first(path, request.into_body(), shared).await),
         _ => {}
     }
     let body = match request.into_body().collect().await {
@@ -170,17 +171,38 @@ async fn answer(request: Request<Incoming>, shared: Arc<Shared>) -> Result<Respo
             tokio::time::sleep(SLOW_CALL).await;
             reply(vec![Frame::data(body)], Some(status(0, "")))
         }
-        GATED => streamed(gated(first, shared)),
-        BIG => {
-            let count: usize = std::str::from_utf8(&first).ok().and_then(|n| n.parse().ok()).unwrap_or(0);
-            let message = frame_message(&vec![7u8; BIG_MESSAGE_BYTES]);
-            let frames = futures::stream::iter(0..count)
-                .map(move |_| Frame::data(message.clone()))
-                .chain(futures::stream::once(async { Frame::trailers(status(0, "")) }));
-            streamed(frames)
-        }
         _ => reply(vec![Frame::data(body)], Some(status(0, ""))),
     })
+}
+
+/// `Gated` and `Big`: they answer once the first request message is whole, without waiting for the
+/// request to end (the rest of it is read and dropped as it comes).
+async fn streamed_after_first(path: String, mut body: Incoming, shared: Arc<Shared>) -> Response<ReplyBody> {
+    let mut buffer = Vec::new();
+    let first = loop {
+        if let Some(message) = take_message(&mut buffer) {
+            break message;
+        }
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    buffer.extend_from_slice(data);
+                }
+            }
+            Some(Err(_)) => return reply(vec![], Some(status(13, "request broke off"))),
+            None => break take_message(&mut buffer).unwrap_or_default(),
+        }
+    };
+    tokio::spawn(async move { while let Some(Ok(_)) = body.frame().await {} });
+    if path == GATED {
+        return streamed(gated(first, shared));
+    }
+    let count: usize = std::str::from_utf8(&first).ok().and_then(|n| n.parse().ok()).unwrap_or(0);
+    let message = frame_message(&vec![7u8; BIG_MESSAGE_BYTES]);
+    let frames = futures::stream::iter(0..count)
+        .map(move |_| Frame::data(message.clone()))
+        .chain(futures::stream::once(async { Frame::trailers(status(0, "")) }));
+    streamed(frames)
 }
 
 /// The first message at once, the rest when the gate opens.
