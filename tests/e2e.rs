@@ -16,11 +16,11 @@ use std::time::Duration;
 
 use common::TestDb;
 use common::e2e::{
-    CliSetup, ExampleService, Ledger, LedgerSettings, LedgerTls, SdkCalls, SnetCli, accepted_increments,
-    clients_trusting, cogs_to_fet, event_count, event_log, sdk_calls, sdk_calls_with_env, verify,
-    wait_for_event,
+    CliSetup, ExampleService, SdkCalls, SnetCli, accepted_increments, clients_trusting, cogs_to_fet,
+    event_count, event_log, sdk_calls, sdk_calls_with_env, wait_for_event,
 };
 use common::ganache::{Account, Ganache, Mpe};
+use common::ledger::{Ledger, LedgerSettings, LedgerTls, verify};
 use common::tls::{TestCa, TlsFront, socket_of};
 use mpe_ledger::chain::{ChainReader, EthChain};
 use mpe_ledger::domain::{Amount, ChannelId, Nonce};

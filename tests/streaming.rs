@@ -1,7 +1,7 @@
 //! The production wire of paid calls, in the gateway: replies streamed as the service sends them,
 //! bidirectional calls, memory bounded by what is in flight, deadlines and the concurrency limit.
 //! Harness: `common::gateway` (the gateway in the test process, a raw HTTP/2 client) and, for the
-//! memory bound, `common::e2e::Ledger` (`mpe-ledger serve` as a child process, whose peak RSS is
+//! memory bound, `common::ledger::Ledger` (`mpe-ledger serve` as a child process, whose peak RSS is
 //! read from /proc).
 
 mod common;
@@ -9,9 +9,11 @@ mod common;
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
-use common::ganache::Ganache;
+use common::TestDb;
+use common::ganache::{Ganache, Mpe};
 use common::gateway::*;
-use common::upstream::{self, frame_message};
+use common::ledger::{Ledger, LedgerSettings};
+use common::upstream::{self, BIG_MESSAGE_BYTES, Upstream, frame_message};
 use hyper::body::Frame;
 use mpe_ledger::grpc::paid_call::parse_grpc_timeout;
 
@@ -195,4 +197,48 @@ async fn a_client_that_leaves_mid_stream_leaves_no_lease_and_no_payment_behind()
     // The channel takes the same payment at once.
     world.pay_successfully(0, PRICE).await;
     assert_eq!(world.accepted_amounts().await, amounts(&[PRICE]));
+}
+
+/// The size of the big reply, in [`BIG_MESSAGE_BYTES`] messages (200 MiB).
+const BIG_REPLY_MESSAGES: usize = 200;
+/// The bound on `serve`'s peak resident memory while it passes the big reply: the debug build's
+/// own footprint (about 20 MiB) plus room for what is in flight, far below the reply's 200 MiB.
+const SERVE_RSS_BOUND_MIB: f64 = 64.0;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_200_mib_server_streamed_reply_passes_while_serves_memory_stays_under_its_bound() {
+    let ganache = Ganache::start().await;
+    let mpe = Mpe::deploy(&ganache).await;
+    let (client, provider) = (ganache.account(1), ganache.account(2));
+    mpe.mint_and_deposit(client, 10_000).await;
+    let expiration = ganache.block_number().await + 1000;
+    let channel = mpe.open_channel(client, client.address, provider.address, GROUP, 1000, expiration).await;
+    let db = TestDb::new().await;
+    let service = Upstream::start().await;
+    let settings = LedgerSettings {
+        ethereum_rpc_url: ganache.url().to_owned(),
+        mpe: mpe.address,
+        group_id: GROUP,
+        payment_address: provider.address,
+        price: PRICE,
+        upstream: service.url.clone(),
+        replica_id: "replica-big".to_owned(),
+        tls: None,
+        ethereum_rpc_ca_file: None,
+        upstream_ca_file: None,
+    };
+    let ledger = Ledger::start(&db.owner_url, &settings).await;
+    let at_start = ledger.peak_rss_mib().expect("serve's memory");
+    let raw = RawClient::connect(([127, 0, 0, 1], ledger.port).into()).await;
+    let metadata = payment_metadata(&mpe, client, channel, 0, PRICE);
+    let count = BIG_REPLY_MESSAGES.to_string();
+    let (frames, mut reply) = raw.open_streaming(upstream::BIG, &metadata, count.as_bytes()).await;
+    drop(frames);
+    let (messages, bytes, status, message) = reply.drain().await;
+    assert_eq!((messages, status, message.as_str()), (BIG_REPLY_MESSAGES, OK, ""));
+    assert_eq!(bytes, (BIG_REPLY_MESSAGES * BIG_MESSAGE_BYTES) as u64);
+    let peak = ledger.peak_rss_mib().expect("serve's memory");
+    println!("serve's peak RSS: {at_start:.1} MiB at start, {peak:.1} MiB after the 200 MiB reply");
+    assert!(peak < SERVE_RSS_BOUND_MIB, "serve's peak RSS was {peak:.1} MiB");
+    assert_eq!(common::e2e::accepted_increments(&db.pool).await, u128::from(PRICE), "the call was recorded");
 }

@@ -15,9 +15,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::TestDb;
-use common::e2e::{Ledger, LedgerSettings, LedgerTls, event_count, http_get};
+use common::e2e::event_count;
 use common::ganache::{Ganache, Mpe};
 use common::gateway::{OK, RawClient, Reply, payment_metadata};
+use common::ledger::{Ledger, LedgerSettings, LedgerTls, http_get};
 use common::tls::{IssuedCert, TestCa, TlsConnection, TlsFront, grpc_channel, https_get, socket_of};
 use common::upstream::{ECHO, SLOW, Upstream};
 use mpe_ledger::chain::{ChainReader, EthChain};

@@ -27,8 +27,8 @@ mod wallet;
 
 use std::time::Duration;
 
-use common::e2e::{Ledger, LedgerSettings};
 use common::ganache::{Ganache, Mpe};
+use common::ledger::{Ledger, LedgerSettings};
 use common::upstream::Upstream;
 use mpe_ledger::startup::cluster::EmbeddedCluster;
 use mpe_ledger::store::postgres;
@@ -231,7 +231,7 @@ async fn run(cluster: &EmbeddedCluster, sizes: &Sizes) {
 
     // 4. and 5. The big log, rebuild, latency on the big log, bytes per event, serve's memory.
     bench.big_log().await;
-    match ledger.pid().and_then(metrics::peak_rss_mib) {
+    match ledger.peak_rss_mib() {
         Some(mib) => bench.report.figure("serve", "peak RSS of serve (VmHWM)", format!("{mib:.1} MiB")),
         None => bench.report.figure("serve", "peak RSS of serve (VmHWM)", "unavailable"),
     }

@@ -23,16 +23,8 @@ pub fn sum(exposition: &str, name: &str) -> f64 {
 
 /// `/metrics` of the serve on `port`, or an empty text when it does not answer.
 pub async fn scrape(port: u16) -> String {
-    match crate::common::e2e::http_get(port, "/metrics").await {
+    match crate::common::ledger::http_get(port, "/metrics").await {
         Ok((200, body)) => body,
         _ => String::new(),
     }
-}
-
-/// `VmHWM` (peak resident set) of a process, in MiB.
-pub fn peak_rss_mib(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
 }

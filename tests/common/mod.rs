@@ -11,6 +11,7 @@ pub mod e2e;
 pub mod escrow;
 pub mod ganache;
 pub mod gateway;
+pub mod ledger;
 pub mod pg_proxy;
 pub mod tls;
 pub mod upstream;
