@@ -65,6 +65,12 @@ impl Drop for World<'_> {
 
 impl<'a> World<'a> {
     async fn new(ganache: &'a Ganache) -> Self {
+        Self::reading_the_chain_at(ganache, None).await
+    }
+
+    /// The contract is deployed on `ganache`, but the services read the chain at `rpc_url` when
+    /// one is given (e.g. a closed port, for a chain that cannot be read).
+    async fn reading_the_chain_at(ganache: &'a Ganache, rpc_url: Option<&str>) -> Self {
         let mpe = Mpe::deploy(ganache).await;
         let client = ganache.account(1);
         mpe.mint_and_deposit(client, 10_000).await;
@@ -75,7 +81,7 @@ impl<'a> World<'a> {
         let db = TestDb::new().await;
         let config =
             Arc::new(escrow_config(mpe.eth_address(), ganache.account(2).eth_address(), GROUP, PRICE));
-        let chain = EthChain::connect(ganache.url(), mpe.eth_address()).unwrap();
+        let chain = EthChain::connect(rpc_url.unwrap_or(ganache.url()), mpe.eth_address()).unwrap();
         let ledger = PgLedger::new(db.pool.clone(), db.metrics.clone());
         let leases = PgLeases::new(db.pool.clone(), db.metrics.clone());
         let channels = Arc::new(ChannelSource::new(ledger, chain, config.clone()));
@@ -447,6 +453,25 @@ async fn channel_state_of_an_unknown_channel_is_not_found() {
         refused(world.channel_state(too_wide).await),
         "channel_id is not a channel id: 33 bytes do not fit in a 256-bit integer"
     );
+    assert_eq!(world.snapshot().await, before);
+}
+
+/// An RPC URL as hosted endpoints give them, with the API key in the path, on a closed port.
+const UNREACHABLE_RPC_URL: &str = "http://127.0.0.1:9/v3/secret-api-key";
+
+#[tokio::test]
+async fn a_chain_that_cannot_be_read_is_answered_with_a_fixed_message_that_names_no_url() {
+    let ganache = Ganache::start().await;
+    let world = World::reading_the_chain_at(&ganache, Some(UNREACHABLE_RPC_URL)).await;
+    let before = world.snapshot().await;
+    let fixed = mpe_ledger::escrow::CHAIN_FAILURE;
+    // The channel is read from the chain (with the seed's prefix), the block window against the
+    // chain's head: neither can be read.
+    let state = world.state_request(world.client(), world.channel, world.ganache.block_number().await);
+    assert_eq!(refused(world.channel_state(state).await), format!("channel error:{fixed}"));
+    let block = world.ganache.block_number().await;
+    let unclaimed = world.list_request(List::Unclaimed, world.provider(), block);
+    assert_eq!(refused(world.list(List::Unclaimed, unclaimed).await), fixed);
     assert_eq!(world.snapshot().await, before);
 }
 

@@ -358,6 +358,22 @@ async fn an_unreachable_upstream_is_unavailable_and_the_payment_is_rolled_back()
 }
 
 #[tokio::test]
+async fn a_chain_that_cannot_be_read_is_internal_with_a_fixed_message_that_names_no_url() {
+    let ganache = Ganache::start().await;
+    // A hosted endpoint's URL carries its API key; this one is on a closed port.
+    let rpc_url = "http://127.0.0.1:9/v3/secret-api-key".to_owned();
+    let world =
+        World::build(&ganache, WorldOptions { rpc_url: Some(rpc_url), ..WorldOptions::default() }).await;
+    let before = world.snapshot().await;
+    let reply = world.call(upstream::ECHO, &world.metadata(0, PRICE)).await;
+    let expected = format!("payment channel error: {}", mpe_ledger::escrow::CHAIN_FAILURE);
+    assert_eq!((reply.status, reply.message.as_str()), (INTERNAL, expected.as_str()));
+    assert_eq!(world.upstream.call_count(), 0);
+    assert_eq!(world.snapshot().await, before);
+    assert_eq!(world.leases_held().await, 0);
+}
+
+#[tokio::test]
 async fn a_long_call_keeps_its_lease_renewed_past_the_lease_lifetime() {
     let ganache = Ganache::start().await;
     let lease_ttl = Duration::from_secs(1);

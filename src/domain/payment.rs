@@ -125,8 +125,10 @@ impl PaymentError {
         Self::new(PaymentErrorCode::Internal, format!("cannot get mutex for channel: {key}"))
     }
 
-    pub fn channel_error(error: impl fmt::Display) -> Self {
-        Self::new(PaymentErrorCode::Internal, format!("payment channel error: {error}"))
+    /// The channel could not be looked up; `reason` is the text a client may read (never the
+    /// cause of a chain or storage failure, which stays in the log).
+    pub fn channel_error(reason: impl fmt::Display) -> Self {
+        Self::new(PaymentErrorCode::Internal, format!("payment channel error: {reason}"))
     }
 
     pub fn channel_not_found(key: PaymentChannelKey) -> Self {

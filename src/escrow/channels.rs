@@ -68,6 +68,18 @@ pub enum LookupError {
     OtherRecipient,
 }
 
+impl LookupError {
+    /// The text a client reads: a fixed one for a chain or storage failure (module doc of
+    /// [`crate::escrow`]), the seed's for a refusal.
+    pub fn client_message(&self) -> String {
+        match self {
+            Self::Storage(_) => super::STORAGE_FAILURE.to_owned(),
+            Self::Chain(_) => super::CHAIN_FAILURE.to_owned(),
+            Self::OtherGroup { .. } | Self::OtherRecipient => self.to_string(),
+        }
+    }
+}
+
 /// A byte array printed as Go's `%v` prints it: `[125 0 0 … 0]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GoBytes(pub Vec<u8>);

@@ -49,6 +49,22 @@ pub enum ClaimError {
     Store(#[from] StoreError),
 }
 
+impl ClaimError {
+    /// The text a client reads: a fixed one for a chain or storage failure (module doc of
+    /// [`crate::escrow`]), the seed's for a refusal.
+    pub fn client_message(&self) -> String {
+        match self {
+            Self::Mutex { key, .. } => format!("cannot get mutex for channel: {key}"),
+            Self::Lookup(error) => error.client_message(),
+            Self::Chain(_) => super::CHAIN_FAILURE.to_owned(),
+            Self::Commit(CommitError::Store(_)) | Self::Store(_) => super::STORAGE_FAILURE.to_owned(),
+            Self::Busy { .. } | Self::NotFound(_) | Self::NothingToClaim(_) | Self::Commit(_) => {
+                self.to_string()
+            }
+        }
+    }
+}
+
 /// A claim seen finished on chain and recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FinishedClaim {

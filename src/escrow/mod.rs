@@ -5,6 +5,11 @@
 //! Every write goes through `store::postgres::PgLedger::commit`: lease checked, stream version
 //! checked, events folded, appended, projections updated, lease released, in one serializable
 //! transaction. A failed request and every read-only path write nothing.
+//!
+//! No internal detail reaches a client: a chain or storage failure is answered with a fixed text
+//! ([`CHAIN_FAILURE`], [`STORAGE_FAILURE`]) and its cause (an RPC URL, where hosted endpoints carry
+//! their API key; SQL; host names) goes to the log only. The errors' `client_message` methods
+//! choose the text; `Display` keeps the whole cause for the log.
 
 pub mod channels;
 pub mod claims;
@@ -19,6 +24,11 @@ use crate::domain::{EthAddress, GroupId};
 
 /// Longest a lease lives without renewal unless configured: long enough for a slow upstream call,
 /// short enough that a crashed replica blocks a channel only briefly.
+/// What a client reads when the chain could not be read.
+pub const CHAIN_FAILURE: &str = "the blockchain cannot be read now, try again later";
+/// What a client reads when the ledger's storage failed.
+pub const STORAGE_FAILURE: &str = "the ledger's storage failed, try again later";
+
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
 /// Confirmations before a claim seen on chain is recorded as finished (a main-network default).
 pub const DEFAULT_CONFIRMATIONS: u64 = 12;

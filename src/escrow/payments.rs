@@ -30,7 +30,7 @@ use crate::store::postgres::projection::StoredChannel;
 use crate::store::retry::Retry;
 
 use super::EscrowConfig;
-use super::channels::{ChannelSource, Freshness, MergedChannel};
+use super::channels::{ChannelSource, Freshness, LookupError, MergedChannel};
 
 /// A validated payment holding its channel's lease, waiting for the call's outcome.
 #[derive(Debug)]
@@ -143,7 +143,12 @@ impl<C: ChainReader> PaymentService<C> {
             .channels
             .merge(payment.channel_id, stored, freshness)
             .await
-            .map_err(PaymentError::channel_error)?
+            .map_err(|error| {
+                if matches!(error, LookupError::Storage(_) | LookupError::Chain(_)) {
+                    tracing::warn!(%error, "the channel could not be looked up");
+                }
+                PaymentError::channel_error(error.client_message())
+            })?
             .ok_or_else(|| PaymentError::channel_not_found(payment.key()))?;
         let valid =
             validate_payment(payment, &merged.channel, current_block, self.config.expiration_threshold)?;

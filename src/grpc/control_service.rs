@@ -72,7 +72,14 @@ pub enum ControlError {
 
 impl From<ControlError> for Status {
     fn from(error: ControlError) -> Self {
-        Status::unknown(error.to_string())
+        let message = match &error {
+            ControlError::BlockWindow(window) => window.client_message(),
+            ControlError::Lookup(lookup) => lookup.client_message(),
+            ControlError::Claim(claim) => claim.client_message(),
+            _ => error.to_string(),
+        };
+        // The whole error is logged where the request is answered.
+        Status::unknown(message)
     }
 }
 

@@ -59,9 +59,20 @@ pub fn escrow_routes<C: ChainReader + 'static>(
 pub enum BlockWindowError {
     #[error("authentication failed as the signature passed has expired")]
     Expired,
-    /// The chain head could not be read: the seed passes the RPC error on as it is.
+    /// The chain head could not be read. The seed passes the RPC error on as it is; we answer
+    /// [`crate::escrow::CHAIN_FAILURE`] and log the cause (it may hold the RPC URL's API key).
     #[error("{0}")]
     Chain(#[from] ChainError),
+}
+
+impl BlockWindowError {
+    /// The text a client reads.
+    pub fn client_message(&self) -> String {
+        match self {
+            Self::Expired => self.to_string(),
+            Self::Chain(_) => crate::escrow::CHAIN_FAILURE.to_owned(),
+        }
+    }
 }
 
 /// The seed's block check: `|block − head| ≤ ALLOWED_BLOCK_DIFFERENCE`, read against the chain now.

@@ -70,7 +70,14 @@ pub enum StateError {
 
 impl From<StateError> for Status {
     fn from(error: StateError) -> Self {
-        Status::unknown(error.to_string())
+        let message = match &error {
+            StateError::Lookup(lookup) => format!("channel error:{}", lookup.client_message()),
+            StateError::BlockWindow(window) => window.client_message(),
+            StateError::ChainReread(_) => format!("channel error:{}", crate::escrow::CHAIN_FAILURE),
+            _ => error.to_string(),
+        };
+        // The whole error is logged where the request is answered.
+        Status::unknown(message)
     }
 }
 

@@ -47,6 +47,7 @@ pub const DEADLINE_EXCEEDED: u32 = 4;
 pub const RESOURCE_EXHAUSTED: u32 = 8;
 pub const FAILED_PRECONDITION: u32 = 9;
 pub const UNIMPLEMENTED: u32 = 12;
+pub const INTERNAL: u32 = 13;
 pub const UNAVAILABLE: u32 = 14;
 pub const UNAUTHENTICATED: u32 = 16;
 pub const INCORRECT_NONCE: u32 = 1000;
@@ -259,6 +260,8 @@ pub struct WorldOptions {
     pub lease_ttl: Duration,
     /// Replaces the running upstream's address (e.g. with a closed port).
     pub upstream_url: Option<String>,
+    /// Where the gateway reads the chain, instead of the ganache the contract is deployed on.
+    pub rpc_url: Option<String>,
     pub max_message_bytes: usize,
     pub max_call_duration: Duration,
     pub max_concurrent_calls: usize,
@@ -271,6 +274,7 @@ impl Default for WorldOptions {
         Self {
             lease_ttl: LEASE_TTL,
             upstream_url: None,
+            rpc_url: None,
             max_message_bytes: MAX_MESSAGE_BYTES,
             max_call_duration: Duration::from_secs(300),
             max_concurrent_calls: 1024,
@@ -316,7 +320,8 @@ impl<'a> World<'a> {
             lease_ttl: options.lease_ttl,
             ..escrow_config(mpe.eth_address(), ganache.account(2).eth_address(), GROUP, PRICE)
         });
-        let chain = EthChain::connect(ganache.url(), mpe.eth_address()).unwrap();
+        let rpc_url = options.rpc_url.as_deref().unwrap_or(ganache.url());
+        let chain = EthChain::connect(rpc_url, mpe.eth_address()).unwrap();
         let ledger = PgLedger::new(db.pool.clone(), db.metrics.clone());
         let metrics = EscrowMetrics::unregistered();
         let source =
