@@ -19,8 +19,9 @@ use common::e2e::{
     CliSetup, ExampleService, SdkCalls, SnetCli, accepted_increments, clients_trusting, cogs_to_fet,
     event_count, event_log, sdk_calls, sdk_calls_with_env, wait_for_event,
 };
+use common::e2e::{free_port, group_id_base64};
 use common::ganache::{Account, Ganache, Mpe};
-use common::ledger::{Ledger, LedgerSettings, LedgerTls, verify};
+use common::ledger::{Ledger, LedgerSettings, LedgerTls, readme_ledger_toml, verify};
 use common::tls::{TestCa, TlsFront, socket_of};
 use mpe_ledger::chain::{ChainReader, EthChain};
 use mpe_ledger::domain::{Amount, ChannelId, Nonce};
@@ -104,6 +105,25 @@ impl<'a> World<'a> {
         Ledger::start(&self.db.owner_url, &self.ledger_settings(replica_id)).await
     }
 
+    /// `DATABASE_URL=… mpe-ledger serve --config ledger.toml` with the README's `ledger.toml`, its
+    /// placeholders filled in for this chain and service; the directory holding it goes with it.
+    async fn ledger_from_readme(&self) -> (Ledger, tempfile::TempDir) {
+        let port = free_port();
+        let toml = readme_ledger_toml(&[
+            ("listen", format!("127.0.0.1:{port}")),
+            ("ethereum_rpc_url", self.ganache.url().to_owned()),
+            ("mpe_address", self.mpe.address.to_checksum(None)),
+            ("group_id", group_id_base64(&GROUP_ID)),
+            ("payment_address", checksummed(self.provider())),
+            ("upstream", self.service.url()),
+        ]);
+        println!("\n----- ledger.toml -----\n{toml}----- end of ledger.toml -----");
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("ledger.toml");
+        std::fs::write(&path, toml).expect("write ledger.toml");
+        (Ledger::start_with_config(&self.db.owner_url, &path, port, "replica-readme").await, dir)
+    }
+
     fn eth(&self) -> EthChain {
         EthChain::connect(self.ganache.url(), self.mpe.eth_address()).expect("an RPC client")
     }
@@ -136,16 +156,19 @@ fn channel_state_lines(nonce: u64, signed: u64, unspent: u64) -> [String; 3] {
     ]
 }
 
-/// snet-cli as a user runs it: the client opens its channel with snet, reads the channel state,
-/// makes two paid calls; the treasurer lists the unclaimed payments and claims them on chain; the
-/// ledger records the claim as finished and the client sees the new nonce.
+/// The README's "Put mpe-ledger in front of your AI service", step by step: `serve --config` with
+/// its `ledger.toml` as written (placeholders filled in: its price, expiration threshold and the
+/// default confirmations stand), then snet-cli as a user runs it: the client opens its channel with
+/// snet, reads the channel state, makes two paid calls; the treasurer lists the unclaimed payments
+/// and claims them on chain; the ledger records the claim as finished and the client sees the new
+/// nonce.
 #[tokio::test(flavor = "multi_thread")]
-async fn snet_cli_pays_through_the_ledger_and_the_treasurer_claims_on_chain() {
+async fn the_readme_route_snet_cli_pays_through_the_ledger_and_the_treasurer_claims_on_chain() {
     let ganache = Ganache::start().await;
     let world = World::new(&ganache).await;
     let client = ganache.account(1);
     world.mpe.mint_and_deposit(client, 10_000).await;
-    let ledger = world.ledger("replica-cli").await;
+    let (ledger, _config_dir) = world.ledger_from_readme().await;
     let endpoint = ledger.endpoint();
 
     let (cli, channel) = world.snet_cli_with_channel(client, &endpoint).await;
@@ -188,6 +211,9 @@ async fn snet_cli_pays_through_the_ledger_and_the_treasurer_claims_on_chain() {
     println!("on chain after claim-all: channel {channel} nonce {nonce} value {value}");
     assert_eq!(nonce, Nonce::from(1), "the claim landed on chain");
     assert_eq!(value, Amount::from(CHANNEL_VALUE - 2 * PRICE));
+    // The README's configuration keeps the default confirmations: the claim counts once that
+    // many blocks are on top of it.
+    ganache.mine(mpe_ledger::escrow::DEFAULT_CONFIRMATIONS).await;
 
     // The ledger records the claim as finished: by itself, or when the control service next
     // lists the claims in progress (a second claim-all calls GetListInProgress first, which must

@@ -314,3 +314,39 @@ pub async fn verify(database_url: &str) -> ScriptRun {
     println!("{}{}<<< exit {:?}", run.stdout, run.stderr, run.code);
     run
 }
+
+/// The `ledger.toml` of the README's "Put mpe-ledger in front of your AI service", as written
+/// there, with the value of each key in `values` replaced (the placeholders: the chain, the
+/// contract, the group, the payment address, the listen address and the upstream). Panics when the
+/// README has no such block or lacks one of the keys, so the test follows the README as it is.
+pub fn readme_ledger_toml(values: &[(&str, String)]) -> String {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).expect("README.md");
+    let section =
+        readme.split("## Put mpe-ledger in front of your AI service").nth(1).expect("the README's section");
+    let block =
+        section.split("```toml\n").nth(1).and_then(|rest| rest.split("```").next()).expect("its toml block");
+    let mut replaced = Vec::new();
+    let lines: Vec<String> = block
+        .lines()
+        .map(|line| {
+            let line = line.trim_start();
+            let key = line.split('=').next().unwrap_or_default().trim();
+            match values.iter().find(|(name, _)| *name == key && !line.starts_with('#')) {
+                Some((name, value)) => {
+                    replaced.push(*name);
+                    format!("{name} = {}", toml_string(value))
+                }
+                None => line.to_owned(),
+            }
+        })
+        .collect();
+    for (name, _) in values {
+        assert!(replaced.contains(name), "the README's ledger.toml has no {name}");
+    }
+    lines.join("\n") + "\n"
+}
+
+fn toml_string(value: &str) -> String {
+    format!("\"{}\"", value.replace('\\', "\\\\").replace('"', "\\\""))
+}
