@@ -1,0 +1,274 @@
+//! A PostgreSQL cluster of our own, kept in a data root and run from the installed server binaries.
+//!
+//! What this module keeps true:
+//! - One cluster per data root. Every decision to initialise or start it is taken while holding an
+//!   exclusive `flock` on `cluster.lock`, so concurrent callers start it once and the rest attach.
+//! - The server never runs as root: under euid 0 every server command runs as an unprivileged user
+//!   (`postgres`, else a created `mpe-ledger` system user, or whoever already owns `pgdata`), which
+//!   owns the data root.
+//! - The server listens on 127.0.0.1 only, without a unix socket, and authenticates with
+//!   scram-sha-256. The superuser password exists only in `superuser-password` (mode 0600) and in
+//!   memory; it is never logged and is redacted from errors.
+//! - Durability stays on (`fsync=on`).
+//!
+//! Layout of the data root: `pgdata/` (the cluster), `superuser-password`, `port` (last port used),
+//! `server.log` (`pg_ctl -l`), `cluster.lock`.
+
+mod data_root;
+mod error;
+mod server;
+mod server_user;
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::unistd::{User, geteuid};
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{AssertSqlSafe, Connection};
+
+pub use error::ClusterError;
+
+use data_root::{
+    choose_port, generate_password, lock_data_root, prepare_data_root, read_password, read_port,
+    write_private,
+};
+use error::io_err;
+use server::{Server, combined_output, initdb, locate_binaries, start};
+use server_user::server_user;
+
+/// The database the ledger keeps its tables in.
+pub const DATABASE_NAME: &str = "mpe_ledger";
+
+const SUPERUSER: &str = "postgres";
+const PG_BIN_ENV: &str = "MPE_LEDGER_PG_BIN";
+
+const PGDATA_DIR: &str = "pgdata";
+const PASSWORD_FILE: &str = "superuser-password";
+const PORT_FILE: &str = "port";
+
+/// How long we keep trying to connect after the server reports ready (or when attaching).
+const CONNECT_DEADLINE: Duration = Duration::from_secs(15);
+const CONNECT_RETRY: Duration = Duration::from_millis(200);
+
+/// Where `serve` keeps its cluster when no DATABASE_URL is given.
+pub fn default_data_root() -> PathBuf {
+    if geteuid().is_root() {
+        return PathBuf::from("/var/lib/mpe-ledger");
+    }
+    // The XDG spec says relative values are to be ignored.
+    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").map(PathBuf::from)
+        && xdg.is_absolute()
+    {
+        return xdg.join("mpe-ledger");
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| User::from_uid(nix::unistd::getuid()).ok().flatten().map(|u| u.dir))
+        .unwrap_or_else(|| PathBuf::from("."));
+    home.join(".local/share/mpe-ledger")
+}
+
+/// Whether the cluster in `data_root` is running (`pg_ctl status`). No cluster means not running.
+pub async fn is_running(data_root: &Path) -> Result<bool, ClusterError> {
+    let pgdata = data_root.join(PGDATA_DIR);
+    if !pgdata.join("PG_VERSION").exists() {
+        return Ok(false);
+    }
+    let server = Server {
+        bin_dir: locate_binaries()?,
+        user: server_user(&pgdata, false).await?,
+        data_root: std::path::absolute(data_root).map_err(io_err("resolve", data_root))?,
+    };
+    server.status().await
+}
+
+/// A running cluster in a data root, started by this process or attached to.
+pub struct EmbeddedCluster {
+    server: Server,
+    port: u16,
+    password: String,
+    started_here: bool,
+}
+
+impl fmt::Debug for EmbeddedCluster {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EmbeddedCluster")
+            .field("data_root", &self.server.data_root)
+            .field("port", &self.port)
+            .field("started_here", &self.started_here)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EmbeddedCluster {
+    /// Initialises the cluster if the data root has none, starts it if it is not running, or
+    /// attaches to the one already running there (started by another process). Safe to call
+    /// concurrently from several processes on the same data root: the work happens under an
+    /// exclusive flock on `cluster.lock`.
+    pub async fn ensure_running(data_root: &Path) -> Result<EmbeddedCluster, ClusterError> {
+        let bin_dir = locate_binaries()?;
+        let user = server_user(&data_root.join(PGDATA_DIR), true).await?;
+        let root = prepare_data_root(data_root, user.as_ref())?;
+        let server = Server { bin_dir, user, data_root: root };
+        let _lock = lock_data_root(&server).await?;
+
+        let pgdata = server.pgdata();
+        let password_path = server.data_root.join(PASSWORD_FILE);
+        let initialised = pgdata.join("PG_VERSION").exists();
+        let password = match read_password(&password_path)? {
+            Some(pw) => pw,
+            // Without the file nobody can log in to an existing cluster: refuse rather than guess.
+            None if initialised => {
+                return Err(io_err("read", &password_path)(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "the superuser password file of an existing cluster is missing",
+                )));
+            }
+            None => {
+                let pw = generate_password();
+                write_private(&server, &password_path, &pw)?;
+                pw
+            }
+        };
+        if !initialised {
+            initdb(&server, &password).await?;
+        }
+
+        let port_path = server.data_root.join(PORT_FILE);
+        let (port, started_here) = if server.status().await? {
+            let port = read_port(&port_path)?.ok_or_else(|| {
+                io_err("read", &port_path)(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "the server is running but its port file is missing",
+                ))
+            })?;
+            tracing::info!(data_root = %server.data_root.display(), port, "attaching to running PostgreSQL");
+            (port, false)
+        } else {
+            let port = choose_port(read_port(&port_path)?).await?;
+            write_private(&server, &port_path, &format!("{port}\n"))?;
+            start(&server, port).await?;
+            (port, true)
+        };
+
+        let cluster = EmbeddedCluster { server, port, password, started_here };
+        cluster.wait_until_reachable().await?;
+        tracing::info!(port, started_here, "PostgreSQL is accepting connections");
+        Ok(cluster)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn data_root(&self) -> &Path {
+        &self.server.data_root
+    }
+
+    /// True when this call started the server, so the caller should stop it on shutdown.
+    pub fn started_here(&self) -> bool {
+        self.started_here
+    }
+
+    /// `postgres://postgres:<password>@127.0.0.1:<port>/<database>`: the superuser URL. It
+    /// contains the password; do not log it (see [`Self::redacted_url`]).
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://{SUPERUSER}:{}@127.0.0.1:{}/{database}", self.password, self.port)
+    }
+
+    /// [`Self::url`] with the password masked, for logs and errors.
+    pub fn redacted_url(&self, database: &str) -> String {
+        format!("postgres://{SUPERUSER}:***@127.0.0.1:{}/{database}", self.port)
+    }
+
+    fn connect_options(&self, database: &str) -> PgConnectOptions {
+        PgConnectOptions::new_without_pgpass()
+            .host("127.0.0.1")
+            .port(self.port)
+            .username(SUPERUSER)
+            .password(&self.password)
+            .database(database)
+    }
+
+    async fn connect(&self, database: &str) -> Result<PgConnection, ClusterError> {
+        PgConnection::connect_with(&self.connect_options(database))
+            .await
+            .map_err(|source| ClusterError::Connect { url: self.redacted_url(database), source })
+    }
+
+    async fn wait_until_reachable(&self) -> Result<(), ClusterError> {
+        let deadline = tokio::time::Instant::now() + CONNECT_DEADLINE;
+        loop {
+            match self.connect("postgres").await {
+                Ok(conn) => {
+                    let _ = conn.close().await;
+                    return Ok(());
+                }
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                Err(_) => tokio::time::sleep(CONNECT_RETRY).await,
+            }
+        }
+    }
+
+    /// `CREATE DATABASE <name>` unless it exists. A concurrent creator is not an error.
+    pub async fn create_database_if_missing(&self, name: &str) -> Result<(), ClusterError> {
+        let mut conn = self.connect("postgres").await?;
+        let url = self.redacted_url("postgres");
+        let exists_sql = "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)";
+        let exists: bool =
+            sqlx::query_scalar(exists_sql).bind(name).fetch_one(&mut conn).await.map_err(|source| {
+                ClusterError::Sql { url: url.clone(), statement: exists_sql.to_string(), source }
+            })?;
+        if !exists {
+            let statement = format!("CREATE DATABASE {}", quote_ident(name));
+            match sqlx::raw_sql(AssertSqlSafe(statement.clone())).execute(&mut conn).await {
+                Ok(_) => tracing::info!(database = name, "created database"),
+                // 42P04 duplicate_database; 23505 when the race is lost inside the catalog insert.
+                Err(sqlx::Error::Database(e)) if matches!(e.code().as_deref(), Some("42P04" | "23505")) => {}
+                Err(source) => {
+                    return Err(ClusterError::Sql { url, statement, source });
+                }
+            }
+        }
+        let _ = conn.close().await;
+        Ok(())
+    }
+
+    /// `pg_ctl stop -m fast -w`. Stopping a cluster that is not running is not an error.
+    pub async fn stop(&self) -> Result<(), ClusterError> {
+        tracing::info!(data_root = %self.server.data_root.display(), "stopping PostgreSQL");
+        match self.server.run_ok("pg_ctl", &self.server.stop_args()).await {
+            Ok(_) => Ok(()),
+            Err(e) => match self.server.status().await {
+                Ok(false) => Ok(()),
+                _ => Err(e),
+            },
+        }
+    }
+
+    /// Blocking `pg_ctl stop -m fast -w`, for `Drop` guards and panics where no runtime can be
+    /// awaited. Not running is not an error.
+    pub fn stop_blocking(&self) -> Result<(), ClusterError> {
+        let args = self.server.stop_args();
+        let out = self.server.command("pg_ctl", &args).output().map_err(|source| ClusterError::Spawn {
+            command: self.server.describe("pg_ctl", &args),
+            source,
+        })?;
+        if out.status.success() || !self.server.pgdata().join("postmaster.pid").exists() {
+            Ok(())
+        } else {
+            Err(ClusterError::CommandFailed {
+                command: self.server.describe("pg_ctl", &args),
+                status: out.status.to_string(),
+                output: combined_output(&out),
+            })
+        }
+    }
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
