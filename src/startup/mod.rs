@@ -5,9 +5,11 @@
 //! or TLS, its signals and its graceful shutdown are [`public_port`].
 
 pub mod cluster;
+mod database;
 pub mod public_port;
 
-use std::path::PathBuf;
+pub use database::{Database, DatabaseSettings};
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,66 +27,10 @@ use crate::grpc::escrow_routes;
 use crate::grpc::paid_call::{GatewaySettings, PaidCallGateway};
 use crate::http::{HttpState, router};
 use crate::store::leases::PgLeases;
-use crate::store::postgres::{self, PgLedger};
+use crate::store::postgres::PgLedger;
 use crate::telemetry::Metrics;
 
-use cluster::{DATABASE_NAME, EmbeddedCluster};
 use public_port::{PortTls, PublicPort, Signals};
-
-/// Where to find the database.
-#[derive(Debug, Clone, Default)]
-pub struct DatabaseSettings {
-    /// The service's connection; `None` runs the embedded cluster.
-    pub database_url: Option<String>,
-    /// The owning role's connection for migrations (default: `database_url`).
-    pub migration_url: Option<String>,
-    /// The embedded cluster's data directory (default: [`cluster::default_data_root`]).
-    pub data_dir: Option<PathBuf>,
-}
-
-/// A migrated database and, when we started it, the cluster to stop afterwards.
-pub struct Database {
-    /// Money: every event is written through this pool (durable commits).
-    pub pool: PgPool,
-    /// Operational state (leases): commits that do not wait for the WAL flush; connects lazily.
-    pub operational: PgPool,
-    pub cluster: Option<EmbeddedCluster>,
-}
-
-impl Database {
-    /// Connects (starting the embedded cluster if needed) and applies the migrations.
-    pub async fn open(settings: &DatabaseSettings) -> anyhow::Result<Self> {
-        let (url, migration_url, cluster) = match &settings.database_url {
-            Some(url) => (url.clone(), settings.migration_url.clone().unwrap_or_else(|| url.clone()), None),
-            None => {
-                let root = settings.data_dir.clone().unwrap_or_else(cluster::default_data_root);
-                let cluster = EmbeddedCluster::ensure_running(&root).await?;
-                cluster.create_database_if_missing(DATABASE_NAME).await?;
-                let url = cluster.url(DATABASE_NAME);
-                tracing::info!(data_dir = %root.display(), port = cluster.port(), "embedded PostgreSQL cluster ready");
-                (url.clone(), url, Some(cluster))
-            }
-        };
-        postgres::migrate(&migration_url).await.context("applying migrations")?;
-        let pool = postgres::connect(&url, postgres::DEFAULT_POOL_SIZE)
-            .await
-            .context("connecting to the database")?;
-        let operational = postgres::connect_operational(&url, postgres::DEFAULT_OPERATIONAL_POOL_SIZE)
-            .context("connecting to the database")?;
-        Ok(Self { pool, operational, cluster })
-    }
-
-    /// Closes the pool and stops the cluster if this process started it.
-    pub async fn close(self) -> anyhow::Result<()> {
-        self.operational.close().await;
-        self.pool.close().await;
-        if let Some(cluster) = self.cluster.filter(EmbeddedCluster::started_here) {
-            cluster.stop().await?;
-            tracing::info!("embedded PostgreSQL cluster stopped");
-        }
-        Ok(())
-    }
-}
 
 /// The escrow services of a replica with a chain configured.
 pub struct Escrow {
@@ -143,6 +89,11 @@ pub async fn serve(settings: &DatabaseSettings, config: Config) -> anyhow::Resul
     // Before the database, which may start a cluster: a certificate that cannot be used fails fast.
     let tls = config.tls.as_ref().map(PortTls::load).transpose()?;
     let database = Database::open(settings).await?;
+    if database.login_can_lift_guard {
+        tracing::warn!(
+            "the service's login (DATABASE_URL) is a superuser or a member of mpe_ledger_owner: it could lift the append-only guard on events; give the service a writer-only login and the owner's to MIGRATION_DATABASE_URL (README, \"Your own Postgres\")"
+        );
+    }
     let metrics = Metrics::new();
     let escrow = match &config.chain {
         Some(chain) => Some(Escrow::new(&database, &metrics, &config, chain)?),

@@ -9,15 +9,20 @@
 //! - The server listens on 127.0.0.1 only, without a unix socket, and authenticates with
 //!   scram-sha-256. The superuser password exists only in `superuser-password` (mode 0600) and in
 //!   memory; it is never logged and is redacted from errors.
+//! - Two logins: the superuser, for migrations only ([`EmbeddedCluster::url`]), and the service's
+//!   `mpe_ledger_writer`, neither superuser nor owner ([`EmbeddedCluster::writer_url`]), whose
+//!   password lives in `writer-password`; a data root from before that login gets it on its next
+//!   start ([`writer_login`]).
 //! - Durability stays on (`fsync=on`).
 //!
-//! Layout of the data root: `pgdata/` (the cluster), `superuser-password`, `port` (last port used),
-//! `server.log` (`pg_ctl -l`), `cluster.lock`.
+//! Layout of the data root: `pgdata/` (the cluster), `superuser-password`, `writer-password`,
+//! `port` (last port used), `server.log` (`pg_ctl -l`), `cluster.lock`.
 
 mod data_root;
 mod error;
 mod server;
 mod server_user;
+mod writer_login;
 
 use std::fmt;
 use std::io;
@@ -30,13 +35,14 @@ use sqlx::{AssertSqlSafe, Connection};
 
 pub use error::ClusterError;
 
+use crate::store::postgres::WRITER_ROLE;
 use data_root::{
     choose_port, generate_password, lock_data_root, prepare_data_root, read_password, read_port,
     write_private,
 };
 use error::io_err;
-use server::{Server, combined_output, initdb, locate_binaries, start};
-use server_user::server_user;
+use server::{Server, initdb, locate_binaries, start};
+use server_user::{known_server_user, server_user};
 
 /// The database the ledger keeps its tables in.
 pub const DATABASE_NAME: &str = "mpe_ledger";
@@ -77,12 +83,25 @@ pub async fn is_running(data_root: &Path) -> Result<bool, ClusterError> {
     if !pgdata.join("PG_VERSION").exists() {
         return Ok(false);
     }
-    let server = Server {
+    existing_server(data_root)?.status().await
+}
+
+/// Blocking `pg_ctl stop -m fast -w` of the cluster in `data_root`, for `Drop` guards and tests
+/// that hold no [`EmbeddedCluster`] (its owner was killed). Not running is not an error.
+pub fn stop_blocking_in(data_root: &Path) -> Result<(), ClusterError> {
+    if !data_root.join(PGDATA_DIR).join("PG_VERSION").exists() {
+        return Ok(());
+    }
+    existing_server(data_root)?.stop_blocking()
+}
+
+/// How to run the server commands of the cluster already in `data_root`.
+fn existing_server(data_root: &Path) -> Result<Server, ClusterError> {
+    Ok(Server {
         bin_dir: locate_binaries()?,
-        user: server_user(&pgdata, false).await?,
+        user: known_server_user(&data_root.join(PGDATA_DIR))?,
         data_root: std::path::absolute(data_root).map_err(io_err("resolve", data_root))?,
-    };
-    server.status().await
+    })
 }
 
 /// A running cluster in a data root, started by this process or attached to.
@@ -90,6 +109,8 @@ pub struct EmbeddedCluster {
     server: Server,
     port: u16,
     password: String,
+    /// The service's login ([`WRITER_ROLE`]), see [`writer_login`].
+    writer_password: String,
     started_here: bool,
 }
 
@@ -154,8 +175,10 @@ impl EmbeddedCluster {
             (port, true)
         };
 
-        let cluster = EmbeddedCluster { server, port, password, started_here };
+        let mut cluster =
+            EmbeddedCluster { server, port, password, writer_password: String::new(), started_here };
         cluster.wait_until_reachable().await?;
+        cluster.writer_password = writer_login::ensure_writer_login(&cluster).await?;
         tracing::info!(port, started_here, "PostgreSQL is accepting connections");
         Ok(cluster)
     }
@@ -177,6 +200,12 @@ impl EmbeddedCluster {
     /// contains the password; do not log it (see [`Self::redacted_url`]).
     pub fn url(&self, database: &str) -> String {
         format!("postgres://{SUPERUSER}:{}@127.0.0.1:{}/{database}", self.password, self.port)
+    }
+
+    /// `postgres://mpe_ledger_writer:<password>@127.0.0.1:<port>/<database>`: the service's login,
+    /// neither superuser nor owner. It contains the password; do not log it.
+    pub fn writer_url(&self, database: &str) -> String {
+        format!("postgres://{WRITER_ROLE}:{}@127.0.0.1:{}/{database}", self.writer_password, self.port)
     }
 
     /// [`Self::url`] with the password masked, for logs and errors.
@@ -252,20 +281,7 @@ impl EmbeddedCluster {
     /// Blocking `pg_ctl stop -m fast -w`, for `Drop` guards and panics where no runtime can be
     /// awaited. Not running is not an error.
     pub fn stop_blocking(&self) -> Result<(), ClusterError> {
-        let args = self.server.stop_args();
-        let out = self.server.command("pg_ctl", &args).output().map_err(|source| ClusterError::Spawn {
-            command: self.server.describe("pg_ctl", &args),
-            source,
-        })?;
-        if out.status.success() || !self.server.pgdata().join("postmaster.pid").exists() {
-            Ok(())
-        } else {
-            Err(ClusterError::CommandFailed {
-                command: self.server.describe("pg_ctl", &args),
-                status: out.status.to_string(),
-                output: combined_output(&out),
-            })
-        }
+        self.server.stop_blocking()
     }
 }
 

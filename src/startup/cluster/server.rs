@@ -121,6 +121,24 @@ impl Server {
     pub(super) fn stop_args(&self) -> Vec<OsString> {
         vec!["stop".into(), "-D".into(), self.pgdata().into(), "-m".into(), "fast".into(), "-w".into()]
     }
+
+    /// Blocking `pg_ctl stop -m fast -w`. Not running is not an error.
+    pub(super) fn stop_blocking(&self) -> Result<(), ClusterError> {
+        let args = self.stop_args();
+        let out = self
+            .command("pg_ctl", &args)
+            .output()
+            .map_err(|source| ClusterError::Spawn { command: self.describe("pg_ctl", &args), source })?;
+        if out.status.success() || !self.pgdata().join("postmaster.pid").exists() {
+            Ok(())
+        } else {
+            Err(ClusterError::CommandFailed {
+                command: self.describe("pg_ctl", &args),
+                status: out.status.to_string(),
+                output: combined_output(&out),
+            })
+        }
+    }
 }
 
 pub(super) fn combined_output(out: &Output) -> String {

@@ -33,8 +33,9 @@ fn lookup_user(name: &str) -> Result<Option<User>, ClusterError> {
     User::from_name(name).map_err(|source| ClusterError::UserLookup { user: name.to_string(), source })
 }
 
-/// The account to run the server as; `None` when we are not root and simply run as ourselves.
-pub(super) async fn server_user(pgdata: &Path, may_create: bool) -> Result<Option<ServerUser>, ClusterError> {
+/// The account an existing cluster runs as, or the one a new cluster would run as if it exists
+/// already; `None` when we are not root (we run as ourselves) or no such account exists yet.
+pub(super) fn known_server_user(pgdata: &Path) -> Result<Option<ServerUser>, ClusterError> {
     if !geteuid().is_root() {
         return Ok(None);
     }
@@ -52,7 +53,16 @@ pub(super) async fn server_user(pgdata: &Path, may_create: bool) -> Result<Optio
             return Ok(Some(u.into()));
         }
     }
-    if !may_create {
+    Ok(None)
+}
+
+/// The account to run the server as; `None` when we are not root and simply run as ourselves.
+/// Under root with no usable account, creates one when `may_create`.
+pub(super) async fn server_user(pgdata: &Path, may_create: bool) -> Result<Option<ServerUser>, ClusterError> {
+    if let Some(user) = known_server_user(pgdata)? {
+        return Ok(Some(user));
+    }
+    if !geteuid().is_root() || !may_create {
         return Ok(None);
     }
     tracing::info!(user = FALLBACK_SYSTEM_USER, "creating system user for the PostgreSQL server");

@@ -11,6 +11,7 @@ pub mod channels;
 pub mod kv;
 pub mod ledger;
 pub mod log;
+pub mod logins;
 pub mod projection;
 
 use std::time::Duration;
@@ -61,10 +62,13 @@ fn pool_options(max_connections: u32, session: &'static str) -> PgPoolOptions {
     )
 }
 
+/// The migrations in `migrations/`, embedded in the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
 /// Applies the migrations in `migrations/` (embedded in the binary).
 pub async fn migrate(url: &str) -> Result<(), StoreError> {
     let mut conn = sqlx::PgConnection::connect(url).await?;
-    sqlx::migrate!("./migrations").run(&mut conn).await?;
+    MIGRATOR.run(&mut conn).await?;
     conn.close().await?;
     Ok(())
 }
