@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::RawSettings;
 use crate::domain::ChannelId;
-use crate::startup::{self, Database, DatabaseSettings};
+use crate::startup::{self, Database, DatabaseSettings, Purpose};
 use crate::store::leases::PgLeases;
 use crate::store::verify;
 use crate::telemetry::{self, Metrics};
@@ -103,12 +103,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate => {
-            Database::open(&settings).await?.close().await?;
+            Database::open(&settings, Purpose::Command("migrate")).await?.close().await?;
             println!("migrations applied");
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify => {
-            let database = Database::open(&settings).await?;
+            let database = Database::open(&settings, Purpose::Command("verify")).await?;
             let differences = verify::verify(&database.pool).await;
             database.close().await?;
             let differences = differences?;
@@ -124,7 +124,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Leases { action } => {
-            let database = Database::open(&settings).await?;
+            let database = Database::open(&settings, Purpose::Command("leases")).await?;
             let leases = PgLeases::new(database.pool.clone(), Metrics::new().store);
             let result = match action {
                 LeaseAction::List => leases.list().await.map(|all| {
@@ -153,7 +153,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Rebuild => {
-            let database = Database::open(&settings).await?;
+            let database = Database::open(&settings, Purpose::Command("rebuild")).await?;
             let metrics = Metrics::new();
             let report = verify::rebuild(&database.pool, &metrics.store).await;
             database.close().await?;

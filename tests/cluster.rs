@@ -1,6 +1,7 @@
-//! The embedded cluster end to end: init, attach, stop, restart with the data intact.
+//! The embedded cluster end to end: init, attach, stop, restart with the data intact; one owner
+//! per data root, guests that attach and never stop it.
 
-use mpe_ledger::startup::cluster::{DATABASE_NAME, EmbeddedCluster, is_running};
+use mpe_ledger::startup::cluster::{ClusterError, DATABASE_NAME, EmbeddedCluster, is_running};
 use sqlx::{Connection, PgConnection};
 
 /// Stops the server if the test fails half-way, so no postgres outlives the deleted tempdir.
@@ -62,4 +63,34 @@ async fn cluster_lifecycle() {
     assert!(!is_running(&root).await.unwrap());
     drop(guard);
     drop(dir);
+}
+
+#[tokio::test]
+async fn one_owner_per_data_root_guests_attach_and_never_stop_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("data");
+    let owner = StopOnDrop(Some(EmbeddedCluster::own(&root, "serve").await.expect("the first owner")));
+    assert!(owner.0.as_ref().unwrap().is_owner());
+
+    let refused = EmbeddedCluster::own(&root, "serve").await.expect_err("a second owner is refused");
+    assert!(
+        matches!(&refused, ClusterError::Owned { pid, command, .. }
+        if *pid == std::process::id().to_string() && command == "serve"),
+        "{refused}"
+    );
+
+    let guest = EmbeddedCluster::own_or_attach(&root, "verify").await.expect("a guest attaches");
+    assert!(!guest.is_owner() && !guest.started_here());
+    guest.stop_if_owner().await.unwrap();
+    assert!(is_running(&root).await.unwrap(), "a guest leaves the cluster running");
+
+    owner.0.as_ref().unwrap().stop_if_owner().await.unwrap();
+    assert!(!is_running(&root).await.unwrap(), "the owner stops it");
+    drop(owner);
+    let next = StopOnDrop(Some(
+        EmbeddedCluster::own(&root, "serve").await.expect("ownership is free once the owner is gone"),
+    ));
+    let cluster = next.0.as_ref().unwrap();
+    assert!(cluster.is_owner() && cluster.started_here());
+    cluster.stop().await.unwrap();
 }

@@ -7,7 +7,7 @@ mod common;
 
 use common::cluster::StopClusterOnDrop;
 use mpe_ledger::startup::cluster::DATABASE_NAME;
-use mpe_ledger::startup::{Database, DatabaseSettings};
+use mpe_ledger::startup::{Database, DatabaseSettings, Purpose};
 use mpe_ledger::store::AtomicStorage;
 use mpe_ledger::store::postgres::{PgAtomicStorage, WRITER_ROLE};
 use mpe_ledger::store::retry::StoreMetrics;
@@ -35,7 +35,8 @@ async fn refused(conn: &mut PoolConnection<Postgres>, statement: &str) -> String
 async fn the_services_login_cannot_change_events_lift_the_guard_or_become_the_owner() {
     let dir = tempfile::tempdir().unwrap();
     let guard = StopClusterOnDrop(dir.path().join("data"));
-    let database = Database::open(&embedded(guard.root())).await.expect("serve's database opens");
+    let database =
+        Database::open(&embedded(guard.root()), Purpose::Serve).await.expect("serve's database opens");
     storage(&database).put(b"evidence", b"kept").await.expect("the writer appends events");
 
     let mut conn = database.pool.acquire().await.unwrap();
@@ -82,7 +83,7 @@ async fn the_services_login_cannot_change_events_lift_the_guard_or_become_the_ow
 async fn a_data_root_from_before_the_writer_login_gets_it_on_its_next_start() {
     let dir = tempfile::tempdir().unwrap();
     let guard = StopClusterOnDrop(dir.path().join("data"));
-    let database = Database::open(&embedded(guard.root())).await.unwrap();
+    let database = Database::open(&embedded(guard.root()), Purpose::Serve).await.unwrap();
     storage(&database).put(b"older", b"data").await.unwrap();
     // What a data root made before this change looks like: the role from the migrations, NOLOGIN,
     // and no password file.
@@ -96,8 +97,9 @@ async fn a_data_root_from_before_the_writer_login_gets_it_on_its_next_start() {
     std::fs::remove_file(guard.root().join("writer-password")).unwrap();
     database.close().await.unwrap();
 
-    let database =
-        Database::open(&embedded(guard.root())).await.expect("the next start gives the writer a login");
+    let database = Database::open(&embedded(guard.root()), Purpose::Serve)
+        .await
+        .expect("the next start gives the writer a login");
     assert!(guard.root().join("writer-password").exists());
     assert_eq!(storage(&database).get(b"older").await.unwrap(), Some(b"data".to_vec()));
     storage(&database).put(b"newer", b"data").await.unwrap();
@@ -109,12 +111,14 @@ async fn a_data_root_from_before_the_writer_login_gets_it_on_its_next_start() {
 async fn an_external_writer_only_url_serves_without_migrating_and_refuses_an_unmigrated_database() {
     let dir = tempfile::tempdir().unwrap();
     let guard = StopClusterOnDrop(dir.path().join("data"));
-    let database = Database::open(&embedded(guard.root())).await.unwrap();
+    let database = Database::open(&embedded(guard.root()), Purpose::Serve).await.unwrap();
     let cluster = database.cluster.as_ref().unwrap();
     let writer_url = cluster.writer_url(DATABASE_NAME);
 
     let external = DatabaseSettings { database_url: Some(writer_url.clone()), ..DatabaseSettings::default() };
-    let replica = Database::open(&external).await.expect("a migrated database serves with a writer-only URL");
+    let replica = Database::open(&external, Purpose::Serve)
+        .await
+        .expect("a migrated database serves with a writer-only URL");
     storage(&replica).put(b"from", b"replica").await.unwrap();
     replica.close().await.unwrap();
 
@@ -123,7 +127,8 @@ async fn an_external_writer_only_url_serves_without_migrating_and_refuses_an_unm
         database_url: Some(cluster.writer_url("unmigrated")),
         ..DatabaseSettings::default()
     };
-    let error = Database::open(&unmigrated).await.err().expect("an unmigrated database is refused");
+    let error =
+        Database::open(&unmigrated, Purpose::Serve).await.err().expect("an unmigrated database is refused");
     let message = format!("{error:#}");
     assert!(message.contains("lacks migrations 1, 2, 3, 4"), "{message}");
     assert!(message.contains("MIGRATION_DATABASE_URL"), "{message}");
@@ -134,7 +139,9 @@ async fn an_external_writer_only_url_serves_without_migrating_and_refuses_an_unm
         migration_url: Some(cluster.url("unmigrated")),
         data_dir: None,
     };
-    let migrated = Database::open(&both).await.expect("migrations with the owner, service with the writer");
+    let migrated = Database::open(&both, Purpose::Serve)
+        .await
+        .expect("migrations with the owner, service with the writer");
     storage(&migrated).put(b"two", b"urls").await.unwrap();
     migrated.close().await.unwrap();
 

@@ -1,6 +1,8 @@
 //! `mpe-ledger serve` as a new user runs it: no configuration, its own Postgres cluster in a data
 //! directory, `/healthz` and `/metrics`, graceful shutdown on SIGTERM that stops the cluster, and a
-//! second start that reuses the data directory and loses nothing.
+//! second start that reuses the data directory and loses nothing. One owner per data directory: a
+//! second `serve` beside a live one is refused at once, and after a kill -9 of the owner the next
+//! `serve` adopts the cluster left running and stops it when it stops.
 
 mod common;
 
@@ -9,6 +11,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::cluster::StopClusterOnDrop;
 use mpe_ledger::startup::cluster::{DATABASE_NAME, EmbeddedCluster, is_running};
 use mpe_ledger::store::AtomicStorage;
 use mpe_ledger::store::postgres::{PgAtomicStorage, connect};
@@ -20,17 +23,42 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn start_serve(data_dir: &Path, port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_mpe-ledger"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env_remove("DATABASE_URL")
-        .env_remove("MIGRATION_DATABASE_URL")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start mpe-ledger serve")
+/// A `serve` child process, killed if a failing test leaves it running (so it cannot outlive the
+/// test and restart a cluster in a deleted directory).
+struct Serve(Child);
+
+impl Serve {
+    fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        self.0.try_wait()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn start_serve(data_dir: &Path, port: u16) -> Serve {
+    Serve(
+        Command::new(env!("CARGO_BIN_EXE_mpe-ledger"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env_remove("DATABASE_URL")
+            .env_remove("MIGRATION_DATABASE_URL")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start mpe-ledger serve"),
+    )
 }
 
 /// A plain HTTP/1.1 GET: status code and body.
@@ -46,7 +74,7 @@ async fn get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     Ok((status, body))
 }
 
-async fn wait_healthy(port: u16, child: &mut Child) {
+async fn wait_healthy(port: u16, child: &mut Serve) {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         if let Ok((200, body)) = get(port, "/healthz").await {
@@ -61,7 +89,7 @@ async fn wait_healthy(port: u16, child: &mut Child) {
     }
 }
 
-fn terminate(mut child: Child) {
+fn terminate(mut child: Serve) {
     kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -84,7 +112,8 @@ async fn storage_of_running_cluster(data_dir: &Path) -> PgAtomicStorage {
 #[tokio::test]
 async fn serve_runs_its_own_cluster_stops_it_on_sigterm_and_keeps_the_data_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
-    let data_dir = dir.path().join("ledger");
+    let guard = StopClusterOnDrop(dir.path().join("ledger"));
+    let data_dir = guard.root().to_path_buf();
 
     let port = free_port();
     let mut first = start_serve(&data_dir, port);
@@ -104,6 +133,65 @@ async fn serve_runs_its_own_cluster_stops_it_on_sigterm_and_keeps_the_data_acros
     assert_eq!(storage.get(b"survives").await.unwrap(), Some(b"restart".to_vec()));
     terminate(second);
     assert!(!is_running(&data_dir).await.unwrap());
+}
+
+fn kill_9(mut child: Serve) {
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
+    let status = child.0.wait().unwrap();
+    assert!(!status.success(), "serve was killed, yet exited with {status}");
+}
+
+#[tokio::test]
+async fn a_second_serve_on_a_data_directory_a_live_serve_owns_is_refused_at_once_naming_the_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let guard = StopClusterOnDrop(dir.path().join("ledger"));
+    let data_dir = guard.root().to_path_buf();
+    let port = free_port();
+    let mut owner = start_serve(&data_dir, port);
+    wait_healthy(port, &mut owner).await;
+
+    let second = Command::new(env!("CARGO_BIN_EXE_mpe-ledger"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .env_remove("DATABASE_URL")
+        .env_remove("MIGRATION_DATABASE_URL")
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success());
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(&format!("mpe-ledger serve` (pid {})", owner.id())), "{stderr}");
+    assert!(stderr.contains("the same DATABASE_URL"), "{stderr}");
+
+    // The owner never noticed.
+    wait_healthy(port, &mut owner).await;
+    terminate(owner);
+    assert!(!is_running(&data_dir).await.unwrap());
+    drop(guard);
+}
+
+#[tokio::test]
+async fn after_a_kill_9_of_serve_the_next_serve_adopts_the_cluster_left_running_and_stops_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let guard = StopClusterOnDrop(dir.path().join("ledger"));
+    let data_dir = guard.root().to_path_buf();
+    let port = free_port();
+    let mut killed = start_serve(&data_dir, port);
+    wait_healthy(port, &mut killed).await;
+    storage_of_running_cluster(&data_dir).await.put(b"before", b"kill -9").await.unwrap();
+    kill_9(killed);
+    assert!(is_running(&data_dir).await.unwrap(), "a kill -9 of serve leaves its cluster running");
+
+    let port = free_port();
+    let mut adopter = start_serve(&data_dir, port);
+    wait_healthy(port, &mut adopter).await;
+    let storage = storage_of_running_cluster(&data_dir).await;
+    assert_eq!(storage.get(b"before").await.unwrap(), Some(b"kill -9".to_vec()));
+    terminate(adopter);
+    assert!(!is_running(&data_dir).await.unwrap(), "the adopter stops the cluster it adopted");
+    drop(guard);
 }
 
 /// The server binaries cannot be uninstalled here, so the same refusal is provoked by pointing

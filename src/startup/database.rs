@@ -34,7 +34,17 @@ pub struct DatabaseSettings {
     pub data_dir: Option<PathBuf>,
 }
 
-/// A migrated database and, when we started it, the cluster to stop afterwards.
+/// What the database is opened for; it decides who owns an embedded cluster
+/// (`cluster::ownership`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// `serve`: owns the embedded cluster, or refuses when a live process owns it.
+    Serve,
+    /// A one-shot command (its name): owns the cluster when nobody does, else attaches as a guest.
+    Command(&'static str),
+}
+
+/// A migrated database and, when this process owns it, the cluster to stop afterwards.
 pub struct Database {
     /// Money: every event is written through this pool (durable commits).
     pub pool: PgPool,
@@ -49,7 +59,7 @@ pub struct Database {
 impl Database {
     /// Connects (starting the embedded cluster if needed) and applies the migrations, or checks
     /// that they are applied (module doc).
-    pub async fn open(settings: &DatabaseSettings) -> anyhow::Result<Self> {
+    pub async fn open(settings: &DatabaseSettings, purpose: Purpose) -> anyhow::Result<Self> {
         let (url, cluster, login_can_lift_guard) = match &settings.database_url {
             Some(url) => {
                 let can_lift_guard = migrate_external(url, settings.migration_url.as_deref()).await?;
@@ -57,7 +67,10 @@ impl Database {
             }
             None => {
                 let root = settings.data_dir.clone().unwrap_or_else(cluster::default_data_root);
-                let cluster = EmbeddedCluster::ensure_running(&root).await?;
+                let cluster = match purpose {
+                    Purpose::Serve => EmbeddedCluster::own(&root, "serve").await?,
+                    Purpose::Command(command) => EmbeddedCluster::own_or_attach(&root, command).await?,
+                };
                 cluster.create_database_if_missing(DATABASE_NAME).await?;
                 tracing::info!(data_dir = %root.display(), port = cluster.port(), "embedded PostgreSQL cluster ready");
                 migrate(&cluster.url(DATABASE_NAME)).await?;
@@ -72,11 +85,11 @@ impl Database {
         Ok(Self { pool, operational, cluster, login_can_lift_guard })
     }
 
-    /// Closes the pool and stops the cluster if this process started it.
+    /// Closes the pool and stops the cluster if this process owns it.
     pub async fn close(self) -> anyhow::Result<()> {
         self.operational.close().await;
         self.pool.close().await;
-        if let Some(cluster) = self.cluster.filter(EmbeddedCluster::started_here) {
+        if let Some(cluster) = self.cluster.filter(EmbeddedCluster::is_owner) {
             cluster.stop().await?;
             tracing::info!("embedded PostgreSQL cluster stopped");
         }

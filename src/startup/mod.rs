@@ -8,7 +8,7 @@ pub mod cluster;
 mod database;
 pub mod public_port;
 
-pub use database::{Database, DatabaseSettings};
+pub use database::{Database, DatabaseSettings, Purpose};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,7 +88,7 @@ pub async fn serve(settings: &DatabaseSettings, config: Config) -> anyhow::Resul
     let mut signals = Signals::install().context("installing the SIGHUP handler")?;
     // Before the database, which may start a cluster: a certificate that cannot be used fails fast.
     let tls = config.tls.as_ref().map(PortTls::load).transpose()?;
-    let database = Database::open(settings).await?;
+    let database = Database::open(settings, Purpose::Serve).await?;
     if database.login_can_lift_guard {
         tracing::warn!(
             "the service's login (DATABASE_URL) is a superuser or a member of mpe_ledger_owner: it could lift the append-only guard on events; give the service a writer-only login and the owner's to MIGRATION_DATABASE_URL (README, \"Your own Postgres\")"

@@ -60,6 +60,12 @@ pub enum ClusterError {
     NotTraversable { user: String, data_root: PathBuf, dir: PathBuf },
 
     #[error(
+        "the embedded cluster in {} is in use by `mpe-ledger {command}` (pid {pid}): one process owns a data directory; wait for it to stop, or, to run several replicas, run one Postgres and give every replica the same DATABASE_URL (README, \"Your own Postgres\")",
+        data_root.display()
+    )]
+    Owned { data_root: PathBuf, pid: String, command: String },
+
+    #[error(
         "{} is neither empty nor an initialised cluster (no PG_VERSION): probably an interrupted initdb; remove it to re-initialise",
         path.display()
     )]

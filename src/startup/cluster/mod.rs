@@ -3,6 +3,9 @@
 //! What this module keeps true:
 //! - One cluster per data root. Every decision to initialise or start it is taken while holding an
 //!   exclusive `flock` on `cluster.lock`, so concurrent callers start it once and the rest attach.
+//! - One owner per data root ([`ownership`]): `serve` owns it for its whole life (a second `serve`
+//!   is refused at once, naming the owner's pid), stops it on its graceful stop, and adopts a
+//!   cluster left running by an owner that was killed.
 //! - The server never runs as root: under euid 0 every server command runs as an unprivileged user
 //!   (`postgres`, else a created `mpe-ledger` system user, or whoever already owns `pgdata`), which
 //!   owns the data root.
@@ -16,10 +19,12 @@
 //! - Durability stays on (`fsync=on`).
 //!
 //! Layout of the data root: `pgdata/` (the cluster), `superuser-password`, `writer-password`,
-//! `port` (last port used), `server.log` (`pg_ctl -l`), `cluster.lock`.
+//! `port` (last port used), `server.log` (`pg_ctl -l`), `cluster.lock`, `owner.lock` (pid and
+//! command of the owner).
 
 mod data_root;
 mod error;
+mod ownership;
 mod server;
 mod server_user;
 mod writer_login;
@@ -41,6 +46,7 @@ use data_root::{
     write_private,
 };
 use error::io_err;
+use ownership::ClusterOwner;
 use server::{Server, initdb, locate_binaries, start};
 use server_user::{known_server_user, server_user};
 
@@ -75,6 +81,14 @@ pub fn default_data_root() -> PathBuf {
         .or_else(|| User::from_uid(nix::unistd::getuid()).ok().flatten().map(|u| u.dir))
         .unwrap_or_else(|| PathBuf::from("."));
     home.join(".local/share/mpe-ledger")
+}
+
+/// The server commands for `data_root`, creating it (and, under root, the server user) if needed.
+async fn prepare(data_root: &Path) -> Result<Server, ClusterError> {
+    let bin_dir = locate_binaries()?;
+    let user = server_user(&data_root.join(PGDATA_DIR), true).await?;
+    let root = prepare_data_root(data_root, user.as_ref())?;
+    Ok(Server { bin_dir, user, data_root: root })
 }
 
 /// Whether the cluster in `data_root` is running (`pg_ctl status`). No cluster means not running.
@@ -112,6 +126,8 @@ pub struct EmbeddedCluster {
     /// The service's login ([`WRITER_ROLE`]), see [`writer_login`].
     writer_password: String,
     started_here: bool,
+    /// Held by the owner for as long as this value lives ([`ownership`]).
+    owner: Option<ClusterOwner>,
 }
 
 impl fmt::Debug for EmbeddedCluster {
@@ -128,12 +144,44 @@ impl EmbeddedCluster {
     /// Initialises the cluster if the data root has none, starts it if it is not running, or
     /// attaches to the one already running there (started by another process). Safe to call
     /// concurrently from several processes on the same data root: the work happens under an
-    /// exclusive flock on `cluster.lock`.
+    /// exclusive flock on `cluster.lock`. Takes no ownership ([`ownership`]): the caller decides
+    /// from [`Self::started_here`] whether to stop it.
     pub async fn ensure_running(data_root: &Path) -> Result<EmbeddedCluster, ClusterError> {
-        let bin_dir = locate_binaries()?;
-        let user = server_user(&data_root.join(PGDATA_DIR), true).await?;
-        let root = prepare_data_root(data_root, user.as_ref())?;
-        let server = Server { bin_dir, user, data_root: root };
+        Self::start_or_attach(prepare(data_root).await?, None).await
+    }
+
+    /// Takes ownership of the data root for `command` (refusing at once, naming the owner, when a
+    /// live process owns it), then initialises, starts or adopts the cluster. The owner stops it
+    /// on [`Self::stop_if_owner`], whoever started it.
+    pub async fn own(data_root: &Path, command: &str) -> Result<EmbeddedCluster, ClusterError> {
+        let server = prepare(data_root).await?;
+        let owner = ClusterOwner::claim(&server, command)?;
+        Self::start_or_attach(server, Some(owner)).await
+    }
+
+    /// [`Self::own`] when nobody owns the data root, else attaches as a guest that never stops
+    /// the cluster (one-shot commands beside a running `serve`).
+    pub async fn own_or_attach(data_root: &Path, command: &str) -> Result<EmbeddedCluster, ClusterError> {
+        let server = prepare(data_root).await?;
+        let owner = match ClusterOwner::claim(&server, command) {
+            Ok(owner) => Some(owner),
+            Err(ClusterError::Owned { pid, command: owner, .. }) => {
+                tracing::info!(
+                    pid,
+                    owner,
+                    "the embedded cluster is owned by another process: attaching to it"
+                );
+                None
+            }
+            Err(error) => return Err(error),
+        };
+        Self::start_or_attach(server, owner).await
+    }
+
+    async fn start_or_attach(
+        server: Server,
+        owner: Option<ClusterOwner>,
+    ) -> Result<EmbeddedCluster, ClusterError> {
         let _lock = lock_data_root(&server).await?;
 
         let pgdata = server.pgdata();
@@ -175,11 +223,17 @@ impl EmbeddedCluster {
             (port, true)
         };
 
+        if owner.is_some() && !started_here {
+            tracing::info!(
+                port,
+                "adopting the running PostgreSQL left by a previous owner: it stops when this process stops"
+            );
+        }
         let mut cluster =
-            EmbeddedCluster { server, port, password, writer_password: String::new(), started_here };
+            EmbeddedCluster { server, port, password, writer_password: String::new(), started_here, owner };
         cluster.wait_until_reachable().await?;
         cluster.writer_password = writer_login::ensure_writer_login(&cluster).await?;
-        tracing::info!(port, started_here, "PostgreSQL is accepting connections");
+        tracing::info!(port, started_here, owner = cluster.is_owner(), "PostgreSQL is accepting connections");
         Ok(cluster)
     }
 
@@ -191,9 +245,19 @@ impl EmbeddedCluster {
         &self.server.data_root
     }
 
-    /// True when this call started the server, so the caller should stop it on shutdown.
+    /// True when this call started the server (rather than attaching to a running one).
     pub fn started_here(&self) -> bool {
         self.started_here
+    }
+
+    /// True when this process owns the cluster ([`Self::own`]) and so stops it on shutdown.
+    pub fn is_owner(&self) -> bool {
+        self.owner.is_some()
+    }
+
+    /// Stops the cluster if this process owns it; a guest leaves it running.
+    pub async fn stop_if_owner(&self) -> Result<(), ClusterError> {
+        if self.is_owner() { self.stop().await } else { Ok(()) }
     }
 
     /// `postgres://postgres:<password>@127.0.0.1:<port>/<database>`: the superuser URL. It
