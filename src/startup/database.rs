@@ -16,6 +16,7 @@
 //!   role, and start-up logs a warning that the guard then holds against bugs only.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use sqlx::PgPool;
@@ -50,7 +51,8 @@ pub struct Database {
     pub pool: PgPool,
     /// Operational state (leases): commits that do not wait for the WAL flush; connects lazily.
     pub operational: PgPool,
-    pub cluster: Option<EmbeddedCluster>,
+    /// Shared with its supervisor while `serve` runs.
+    pub cluster: Option<Arc<EmbeddedCluster>>,
     /// The service's login is a superuser or a member of the owner (only with an external
     /// `DATABASE_URL`): `serve` warns about it.
     pub login_can_lift_guard: bool,
@@ -74,7 +76,7 @@ impl Database {
                 cluster.create_database_if_missing(DATABASE_NAME).await?;
                 tracing::info!(data_dir = %root.display(), port = cluster.port(), "embedded PostgreSQL cluster ready");
                 migrate(&cluster.url(DATABASE_NAME)).await?;
-                (cluster.writer_url(DATABASE_NAME), Some(cluster), false)
+                (cluster.writer_url(DATABASE_NAME), Some(Arc::new(cluster)), false)
             }
         };
         let pool = postgres::connect(&url, postgres::DEFAULT_POOL_SIZE)
@@ -89,7 +91,7 @@ impl Database {
     pub async fn close(self) -> anyhow::Result<()> {
         self.operational.close().await;
         self.pool.close().await;
-        if let Some(cluster) = self.cluster.filter(EmbeddedCluster::is_owner) {
+        if let Some(cluster) = self.cluster.filter(|cluster| cluster.is_owner()) {
             cluster.stop().await?;
             tracing::info!("embedded PostgreSQL cluster stopped");
         }

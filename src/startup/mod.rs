@@ -30,6 +30,7 @@ use crate::store::leases::PgLeases;
 use crate::store::postgres::PgLedger;
 use crate::telemetry::Metrics;
 
+use cluster::supervisor::{self, ClusterHealth, ClusterMetrics};
 use public_port::{PortTls, PublicPort, Signals};
 
 /// The escrow services of a replica with a chain configured.
@@ -109,15 +110,20 @@ pub async fn serve(settings: &DatabaseSettings, config: Config) -> anyhow::Resul
         address = %port.local_addr()?,
         tls = port.is_tls(),
         replica = %config.replica_id,
-        "serving gRPC and HTTP (/healthz, /metrics)"
+        "serving gRPC and HTTP (/healthz, /readyz, /metrics)"
     );
-    let app = public_router(&database.pool, &metrics, &config, escrow.as_ref())?;
+    // The owned embedded cluster is restarted if it dies; /healthz reads what is wrong with it.
+    let cluster_health = database.cluster.as_ref().map(|_| ClusterHealth::default());
+    let supervisor = database.cluster.clone().zip(cluster_health.clone()).map(|(cluster, health)| {
+        tokio::spawn(supervisor::supervise(cluster, health, ClusterMetrics::new(&metrics.registry)))
+    });
+    let app = public_router(&database.pool, &metrics, &config, escrow.as_ref(), cluster_health)?;
     let watcher = escrow.as_ref().map(|escrow| tokio::spawn(watch_claims(escrow.claims.clone())));
     let head_block = escrow.as_ref().map(|escrow| tokio::spawn(watch_head_block(escrow.channels.clone())));
     signals.listen_for_shutdown().context("installing the SIGINT and SIGTERM handlers")?;
     port.serve(app, signals).await;
     tracing::info!("shutting down");
-    for task in [watcher, head_block].into_iter().flatten() {
+    for task in [watcher, head_block, supervisor].into_iter().flatten() {
         task.abort();
     }
     if let Some(escrow) = &escrow {
@@ -137,8 +143,14 @@ pub fn public_router(
     metrics: &Metrics,
     config: &Config,
     escrow: Option<&Escrow>,
+    cluster_health: Option<ClusterHealth>,
 ) -> anyhow::Result<axum::Router> {
-    let mut http = router(HttpState { pool: pool.clone(), metrics: metrics.clone() });
+    let mut http = router(HttpState {
+        pool: pool.clone(),
+        metrics: metrics.clone(),
+        cluster: cluster_health,
+        paid_calls: escrow.is_some(),
+    });
     if let Some(escrow) = escrow {
         let routes = escrow_routes(escrow.channels.clone(), escrow.claims.clone(), escrow.config.clone());
         http = http.merge(routes.into_axum_router());

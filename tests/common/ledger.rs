@@ -84,9 +84,19 @@ const LEDGER_KEYS: [&str; 20] = [
 
 impl Ledger {
     pub async fn start(database_url: &str, settings: &LedgerSettings) -> Self {
+        Self::start_on(("DATABASE_URL".to_owned(), database_url.to_owned()), settings).await
+    }
+
+    /// `serve` running its own embedded cluster in `data_dir` (no `DATABASE_URL`).
+    pub async fn start_embedded(data_dir: &Path, settings: &LedgerSettings) -> Self {
+        Self::start_on(("MPE_LEDGER_DATA_DIR".to_owned(), data_dir.display().to_string()), settings).await
+    }
+
+    /// `database`: the variable that says where the database is.
+    async fn start_on(database: (String, String), settings: &LedgerSettings) -> Self {
         let port = free_port();
         let mut env = vec![
-            ("DATABASE_URL".to_owned(), database_url.to_owned()),
+            database,
             ("MPE_LEDGER_ETHEREUM_RPC_URL".to_owned(), settings.ethereum_rpc_url.clone()),
             ("MPE_LEDGER_MPE_ADDRESS".to_owned(), settings.mpe.to_checksum(None)),
             ("MPE_LEDGER_GROUP_ID".to_owned(), group_id_base64(&settings.group_id)),
@@ -151,6 +161,7 @@ impl Ledger {
             command.env_remove(format!("MPE_LEDGER_{key}"));
         }
         command
+            .env_remove("DATABASE_URL")
             .env_remove("MIGRATION_DATABASE_URL")
             .env_remove("MPE_LEDGER_DATA_DIR")
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))

@@ -27,6 +27,7 @@ mod error;
 mod ownership;
 mod server;
 mod server_user;
+pub mod supervisor;
 mod writer_login;
 
 use std::fmt;

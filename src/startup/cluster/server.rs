@@ -276,3 +276,29 @@ pub(super) async fn start(server: &Server, port: u16) -> Result<(), ClusterError
         log,
     })
 }
+
+impl Server {
+    /// Whether the postmaster named in `postmaster.pid` is alive. No pid file, a pid with no
+    /// process, or a zombie (dead, not yet reaped) is not alive.
+    pub(super) fn postmaster_alive(&self) -> bool {
+        let Ok(content) = fs::read_to_string(self.pgdata().join("postmaster.pid")) else {
+            return false;
+        };
+        let Some(pid) = content.lines().next().and_then(|line| line.trim().parse::<i32>().ok()) else {
+            return false;
+        };
+        match fs::read_to_string(format!("/proc/{pid}/stat")) {
+            // The state is the first field after the command name, which ends with the last ')'.
+            Ok(stat) => stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .is_some_and(|state| state != "Z" && state != "X"),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            // No /proc: ask the kernel whether the pid exists (EPERM: it does, as another user).
+            Err(_) => !matches!(
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+                Err(nix::errno::Errno::ESRCH)
+            ),
+        }
+    }
+}
