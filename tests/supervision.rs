@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use common::cluster::StopClusterOnDrop;
 use common::e2e::event_count;
-use common::ledger::{Ledger, LedgerSettings, http_get, verify};
 use common::ganache::{Ganache, Mpe};
 use common::gateway::{OK, RawClient, payment_metadata};
+use common::ledger::{Ledger, LedgerSettings, http_get, verify};
 use common::upstream::{ECHO, Upstream};
 use mpe_ledger::domain::ChannelId;
 use mpe_ledger::startup::cluster::{DATABASE_NAME, EmbeddedCluster, is_running};
