@@ -1,6 +1,7 @@
 //! Keeping the owned cluster up: if its postmaster dies (the OOM killer, a kill -9), the owner
 //! starts it again, on the same port, so every pool's URL stays right and payments resume by
-//! themselves (pools test a connection before handing it out and drop dead ones).
+//! themselves (pools test a connection before handing it out and drop dead ones). A port taken by
+//! another program meanwhile makes every attempt fail, each logged with Postgres's own reason.
 //!
 //! What this keeps true:
 //! - The postmaster is checked every [`SUPERVISE_INTERVAL`] by its pid file and `/proc` (a zombie
