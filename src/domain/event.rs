@@ -13,6 +13,19 @@
 //! 20 bytes, signatures 65 bytes exactly as received, optional values one presence byte (0/1)
 //! followed by the value when present. The canonical bytes come from this encoding, never from the
 //! JSON text of the payload (Postgres reorders JSONB keys).
+//!
+//! **Claim outcomes.** How a claim left the chain is one named fact per outcome, with exact amounts:
+//! `claim landed` (the recipient's `channelClaim`: actual and planned amount) and `sender reclaimed`
+//! (the sender's `channelClaimTimeout` after expiry: the value taken back, and separately the
+//! provider's loss at that nonce, authorised and never claimed). Logs written before these two
+//! existed carry `claim finished` with an outcome tag instead; such events cannot be rewritten, so
+//! they are still decoded, hashed and folded exactly as they were, and read this way:
+//! - `claim finished`, `claimed_by_recipient`: `amount` is the actual amount; the planned amount is
+//!   the claim's (the `claim started` amount of that nonce, the only signature the ledger handed out);
+//! - `claim finished`, `reclaimed_by_sender`: `amount` is the value the sender took back (as then
+//!   read from the chain at the block before the reclaim); the provider's loss is the claim's amount.
+//!
+//! New code never writes `claim finished`.
 
 use std::fmt;
 
@@ -64,8 +77,32 @@ pub enum ChannelEvent {
     /// The provider started claiming the last signed payment: the nonce moves on by one.
     /// Canonical fields: nonce, amount, signature.
     ClaimStarted { nonce: Nonce, amount: Amount, signature: Signature },
-    /// The claim left the chain. Canonical fields: nonce, outcome tag (1 recipient, 2 sender),
-    /// transaction hash, block number (u64-BE), amount.
+    /// The recipient's `channelClaim` of the claim started at `nonce` landed: `actual_amount` of the
+    /// signed `planned_amount` moved to the provider (the rest stays in the channel).
+    /// Canonical fields: nonce, transaction hash, block number (u64-BE), actual amount, planned amount.
+    ClaimLanded {
+        nonce: Nonce,
+        transaction_hash: B256,
+        block_number: u64,
+        actual_amount: Amount,
+        planned_amount: Amount,
+    },
+    /// The sender's `channelClaimTimeout` after expiry, while the chain was at `nonce`: the chain's
+    /// nonce moved to `nonce + 1`, its value and expiration to 0. `value_taken_back` is the channel's
+    /// value just before (derived from the ledger's records and the contract's logs, see
+    /// `escrow::claims`); `provider_loss` is what was authorised at `nonce` and never claimed (the
+    /// amount of a claim pending at `nonce`, or the authorisation at `nonce` when none was started).
+    /// Canonical fields: nonce, transaction hash, block number (u64-BE), value taken back, provider loss.
+    SenderReclaimed {
+        nonce: Nonce,
+        transaction_hash: B256,
+        block_number: u64,
+        value_taken_back: Amount,
+        provider_loss: Amount,
+    },
+    /// Written before `claim landed` and `sender reclaimed` existed; read only (module doc).
+    /// Canonical fields: nonce, outcome tag (1 recipient, 2 sender), transaction hash, block number
+    /// (u64-BE), amount.
     ClaimFinished {
         nonce: Nonce,
         outcome: ClaimOutcome,
@@ -79,7 +116,13 @@ pub enum ChannelEvent {
 impl ChannelEvent {
     /// Whether folding this event reads or changes the channel's claims (merges and payments do not).
     pub fn changes_claims(&self) -> bool {
-        matches!(self, Self::ClaimStarted { .. } | Self::ClaimFinished { .. })
+        matches!(
+            self,
+            Self::ClaimStarted { .. }
+                | Self::ClaimLanded { .. }
+                | Self::SenderReclaimed { .. }
+                | Self::ClaimFinished { .. }
+        )
     }
 }
 
@@ -170,6 +213,8 @@ impl Event {
             Self::Channel(ChannelEvent::ChannelMergedFromChain { .. }) => "channel_merged_from_chain",
             Self::Channel(ChannelEvent::PaymentAccepted { .. }) => "payment_accepted",
             Self::Channel(ChannelEvent::ClaimStarted { .. }) => "claim_started",
+            Self::Channel(ChannelEvent::ClaimLanded { .. }) => "claim_landed",
+            Self::Channel(ChannelEvent::SenderReclaimed { .. }) => "sender_reclaimed",
             Self::Channel(ChannelEvent::ClaimFinished { .. }) => "claim_finished",
             Self::Kv(KvEvent::KeyPut { .. }) => "key_put",
             Self::Kv(KvEvent::KeyDeleted { .. }) => "key_deleted",
@@ -205,7 +250,9 @@ impl Event {
             | Self::Channel(ChannelEvent::ClaimStarted { nonce, amount, signature }) => {
                 (Some(*nonce), Some(*amount), Some(signature))
             }
-            Self::Channel(ChannelEvent::ClaimFinished { nonce, amount, .. }) => {
+            Self::Channel(ChannelEvent::ClaimFinished { nonce, amount, .. })
+            | Self::Channel(ChannelEvent::ClaimLanded { nonce, actual_amount: amount, .. })
+            | Self::Channel(ChannelEvent::SenderReclaimed { nonce, value_taken_back: amount, .. }) => {
                 (Some(*nonce), Some(*amount), None)
             }
             Self::Kv(_) | Self::Lease(_) => (None, None, None),
@@ -252,6 +299,32 @@ impl Event {
                 field(&mut out, transaction_hash.as_slice());
                 field(&mut out, &block_number.to_be_bytes());
                 field(&mut out, &amount.to_be_bytes());
+            }
+            Self::Channel(ChannelEvent::ClaimLanded {
+                nonce,
+                transaction_hash,
+                block_number,
+                actual_amount,
+                planned_amount,
+            }) => {
+                field(&mut out, &nonce.to_be_bytes());
+                field(&mut out, transaction_hash.as_slice());
+                field(&mut out, &block_number.to_be_bytes());
+                field(&mut out, &actual_amount.to_be_bytes());
+                field(&mut out, &planned_amount.to_be_bytes());
+            }
+            Self::Channel(ChannelEvent::SenderReclaimed {
+                nonce,
+                transaction_hash,
+                block_number,
+                value_taken_back,
+                provider_loss,
+            }) => {
+                field(&mut out, &nonce.to_be_bytes());
+                field(&mut out, transaction_hash.as_slice());
+                field(&mut out, &block_number.to_be_bytes());
+                field(&mut out, &value_taken_back.to_be_bytes());
+                field(&mut out, &provider_loss.to_be_bytes());
             }
             Self::Kv(KvEvent::KeyPut { key, value }) => {
                 field(&mut out, key);
@@ -334,6 +407,20 @@ mod tests {
                 block_number: 99,
                 amount: Amount::from(8),
             }),
+            Event::Channel(ChannelEvent::ClaimLanded {
+                nonce: Nonce::from(3),
+                transaction_hash: B256::repeat_byte(2),
+                block_number: 98,
+                actual_amount: Amount::from(7),
+                planned_amount: Amount::from(10),
+            }),
+            Event::Channel(ChannelEvent::SenderReclaimed {
+                nonce: Nonce::from(4),
+                transaction_hash: B256::repeat_byte(3),
+                block_number: 120,
+                value_taken_back: Amount::from(1000),
+                provider_loss: Amount::from(10),
+            }),
             Event::Kv(KvEvent::KeyPut { key: vec![0, 0xff], value: vec![] }),
             Event::Kv(KvEvent::KeyDeleted { key: b"%_".to_vec() }),
             Event::Lease(LeaseEvent::LeaseReleasedByOperator { holder: "replica-a".into(), expired: true }),
@@ -370,6 +457,44 @@ mod tests {
         assert_ne!(base, chain_hash(&GENESIS_HASH, &stream, 2, &payment(10)));
         assert_ne!(base, chain_hash(&GENESIS_HASH, &stream, 1, &payment(11)));
         assert_eq!(base, chain_hash(&GENESIS_HASH, &stream, 1, &payment(10)));
+    }
+
+    #[test]
+    fn a_legacy_claim_finished_keeps_its_encoding_and_the_new_facts_their_own() {
+        let legacy = Event::Channel(ChannelEvent::ClaimFinished {
+            nonce: Nonce::from(1),
+            outcome: ClaimOutcome::ReclaimedBySender,
+            transaction_hash: B256::repeat_byte(0xaa),
+            block_number: 2,
+            amount: Amount::from(3),
+        });
+        let word = |n: u8| {
+            let mut w = [0u8; 32];
+            w[31] = n;
+            w
+        };
+        let mut expected = Vec::new();
+        field(&mut expected, &word(1));
+        field(&mut expected, &[2]);
+        field(&mut expected, &[0xaa; 32]);
+        field(&mut expected, &2u64.to_be_bytes());
+        field(&mut expected, &word(3));
+        assert_eq!(legacy.canonical_bytes(), expected);
+        let reclaimed = Event::Channel(ChannelEvent::SenderReclaimed {
+            nonce: Nonce::from(1),
+            transaction_hash: B256::repeat_byte(0xaa),
+            block_number: 2,
+            value_taken_back: Amount::from(3),
+            provider_loss: Amount::from(4),
+        });
+        let mut expected = Vec::new();
+        field(&mut expected, &word(1));
+        field(&mut expected, &[0xaa; 32]);
+        field(&mut expected, &2u64.to_be_bytes());
+        field(&mut expected, &word(3));
+        field(&mut expected, &word(4));
+        assert_eq!(reclaimed.canonical_bytes(), expected);
+        assert_eq!(reclaimed.event_type(), "sender_reclaimed");
     }
 
     #[test]

@@ -5,17 +5,30 @@
 //! - a channel's first event is `channel merged from chain`; nothing else can open a stream;
 //! - sender, signer, recipient and group never change (they are immutable on chain);
 //! - the nonce never goes backwards; a newer chain nonce resets the authorised amount;
-//! - within one nonce the authorised amount never decreases and never exceeds the full amount;
+//! - within one nonce the authorised amount never decreases and never exceeds the full amount,
+//!   with one named exception, [`voided_by_reclaim`]: when the claim started at the previous nonce
+//!   is pending or was ended by the sender's reclaim, a merge at the same nonce may bring a value
+//!   below the authorised amount (the reclaim set it to 0; a re-fund may raise it again). The
+//!   payments signed at this nonce before the reclaim stay recorded (they are still valid on chain,
+//!   and claimable once the sender re-funds), while any new payment is still refused by the value
+//!   check (a payment's amount never exceeds the full amount), and so is a claim start;
 //! - a payment is at the channel's current nonce;
 //! - a claim takes exactly the authorised amount and signature of the current nonce, raises the
 //!   nonce exactly once and lowers the full amount by the claimed amount;
-//! - a claim finishes at most once, and only a claim that was started.
+//! - a claim ends at most once, and only a claim that was started: `claim landed` with an actual
+//!   amount at most the planned one, itself at most the claim's; `sender reclaimed` with the
+//!   claim's amount as the provider's loss. A `sender reclaimed` at the channel's own nonce (no claim
+//!   started there) loses exactly the authorisation at that nonce and moves the channel to the
+//!   chain's state after a reclaim (next nonce, value and expiration 0, nothing authorised).
+//! - `claim finished` (written before the two facts above, see `event`) folds as it always did.
 
 use std::collections::BTreeMap;
 
 use super::channel::{ChannelState, OnChainChannel, PaymentChannelData};
 use super::event::{ChannelEvent, ClaimOutcome};
 use super::types::{Amount, ChannelId, Nonce, Signature};
+
+mod claims;
 
 /// A claim of one nonce's last signed payment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,7 +45,12 @@ pub struct ClaimFinish {
     pub outcome: ClaimOutcome,
     pub transaction_hash: alloy_primitives::B256,
     pub block_number: u64,
+    /// Recipient: the actual amount claimed. Sender: the value taken back.
     pub amount: Amount,
+    /// Recipient: the planned (signed) amount of the claim, from `claim landed`. `None` for a
+    /// sender's reclaim, and for a claim ended by a `claim finished` written before `claim
+    /// landed` existed (whose planned amount is the claim's amount).
+    pub planned_amount: Option<Amount>,
 }
 
 /// A channel's folded state: its data and every claim ever started on it (history is kept).
@@ -75,6 +93,22 @@ pub enum FoldError {
         "channel {channel_id}: {claimed} claimed on chain but only {authorized} was authorised at nonce {nonce}"
     )]
     ClaimedMoreThanAuthorized { channel_id: ChannelId, nonce: Nonce, authorized: Amount, claimed: Amount },
+    #[error(
+        "channel {channel_id}: {actual} claimed on chain but the claim planned only {planned} at nonce {nonce}"
+    )]
+    ClaimedMoreThanPlanned { channel_id: ChannelId, nonce: Nonce, planned: Amount, actual: Amount },
+    #[error(
+        "channel {channel_id}: a claim of {authorized} at nonce {nonce} exceeds the channel's value {full} (emptied by the sender's reclaim)"
+    )]
+    ClaimExceedsFullAmount { channel_id: ChannelId, nonce: Nonce, authorized: Amount, full: Amount },
+    #[error(
+        "channel {channel_id}: a reclaim at nonce {nonce} records a loss of {recorded} but {authorized} was authorised there and never claimed"
+    )]
+    ReclaimLossMismatch { channel_id: ChannelId, nonce: Nonce, authorized: Amount, recorded: Amount },
+    #[error(
+        "channel {channel_id}: a reclaim at nonce {reclaim} but the channel is at nonce {channel} with no claim there"
+    )]
+    ReclaimNonceMismatch { channel_id: ChannelId, channel: Nonce, reclaim: Nonce },
     #[error("channel {channel_id}: the requested state cannot be described by events: {reason}")]
     UndescribableChange { channel_id: ChannelId, reason: &'static str },
 }
@@ -94,96 +128,99 @@ pub fn apply(
             _ => Err(FoldError::ChannelNotOpened { channel_id }),
         };
     };
-    let channel = &mut state.channel;
     match event {
-        ChannelEvent::ChannelMergedFromChain { chain, .. } => merge(channel, chain)?,
+        ChannelEvent::ChannelMergedFromChain { chain, .. } => merge(&mut state, chain)?,
         ChannelEvent::PaymentAccepted { nonce, amount, signature } => {
-            if *nonce != channel.nonce {
-                return Err(FoldError::PaymentNonceMismatch {
-                    channel_id,
-                    channel: channel.nonce,
-                    payment: *nonce,
-                });
-            }
-            if *amount < channel.authorized_amount {
-                return Err(FoldError::AuthorizedAmountDecreased {
-                    channel_id,
-                    current: channel.authorized_amount,
-                    proposed: *amount,
-                });
-            }
-            if *amount > channel.full_amount {
-                return Err(FoldError::AuthorizedAmountExceedsFullAmount {
-                    channel_id,
-                    authorized: *amount,
-                    full: channel.full_amount,
-                });
-            }
-            channel.authorized_amount = *amount;
-            channel.signature = Some(signature.clone());
+            accept_payment(&mut state.channel, *nonce, *amount, signature)?
         }
         ChannelEvent::ClaimStarted { nonce, amount, signature } => {
-            if *nonce != channel.nonce {
-                return Err(FoldError::ClaimNonceMismatch {
-                    channel_id,
-                    channel: channel.nonce,
-                    claim: *nonce,
-                });
-            }
-            if channel.authorized_amount == Amount::ZERO || channel.signature.is_none() {
-                return Err(FoldError::NothingToClaim { channel_id, nonce: *nonce });
-            }
-            if *amount != channel.authorized_amount {
-                return Err(FoldError::ClaimAmountMismatch {
-                    channel_id,
-                    authorized: channel.authorized_amount,
-                    claim: *amount,
-                });
-            }
-            if channel.signature.as_ref() != Some(signature) {
-                return Err(FoldError::ClaimSignatureMismatch { channel_id });
-            }
-            let next = nonce.next().ok_or(FoldError::NonceExhausted { channel_id, nonce: *nonce })?;
-            channel.nonce = next;
-            channel.full_amount = channel
-                .full_amount
-                .checked_sub(*amount)
-                .expect("authorised amount never exceeds the full amount");
-            channel.authorized_amount = Amount::ZERO;
-            channel.signature = None;
-            state.claims.insert(
-                *nonce,
-                Claim { nonce: *nonce, amount: *amount, signature: signature.clone(), finished: None },
-            );
+            claims::start(&mut state, *nonce, *amount, signature)?
         }
+        ChannelEvent::ClaimLanded {
+            nonce,
+            transaction_hash,
+            block_number,
+            actual_amount,
+            planned_amount,
+        } => claims::landed(
+            &mut state,
+            *nonce,
+            *transaction_hash,
+            *block_number,
+            *actual_amount,
+            *planned_amount,
+        )?,
+        ChannelEvent::SenderReclaimed {
+            nonce,
+            transaction_hash,
+            block_number,
+            value_taken_back,
+            provider_loss,
+        } => claims::reclaimed(
+            &mut state,
+            *nonce,
+            *transaction_hash,
+            *block_number,
+            *value_taken_back,
+            *provider_loss,
+        )?,
         ChannelEvent::ClaimFinished { nonce, outcome, transaction_hash, block_number, amount } => {
-            let claim =
-                state.claims.get_mut(nonce).ok_or(FoldError::UnknownClaim { channel_id, nonce: *nonce })?;
-            if claim.finished.is_some() {
-                return Err(FoldError::ClaimAlreadyFinished { channel_id, nonce: *nonce });
-            }
-            if *outcome == ClaimOutcome::ClaimedByRecipient && *amount > claim.amount {
-                return Err(FoldError::ClaimedMoreThanAuthorized {
-                    channel_id,
-                    nonce: *nonce,
-                    authorized: claim.amount,
-                    claimed: *amount,
-                });
-            }
-            claim.finished = Some(ClaimFinish {
-                outcome: *outcome,
-                transaction_hash: *transaction_hash,
-                block_number: *block_number,
-                amount: *amount,
-            });
+            claims::legacy_finished(&mut state, *nonce, *outcome, *transaction_hash, *block_number, *amount)?
         }
     }
     Ok(state)
 }
 
+/// A payment at the channel's nonce raises its authorisation, within its value.
+fn accept_payment(
+    channel: &mut PaymentChannelData,
+    nonce: Nonce,
+    amount: Amount,
+    signature: &Signature,
+) -> Result<(), FoldError> {
+    let channel_id = channel.channel_id;
+    if nonce != channel.nonce {
+        return Err(FoldError::PaymentNonceMismatch { channel_id, channel: channel.nonce, payment: nonce });
+    }
+    if amount < channel.authorized_amount {
+        return Err(FoldError::AuthorizedAmountDecreased {
+            channel_id,
+            current: channel.authorized_amount,
+            proposed: amount,
+        });
+    }
+    if amount > channel.full_amount {
+        return Err(FoldError::AuthorizedAmountExceedsFullAmount {
+            channel_id,
+            authorized: amount,
+            full: channel.full_amount,
+        });
+    }
+    channel.authorized_amount = amount;
+    channel.signature = Some(signature.clone());
+    Ok(())
+}
+
+/// The named exception to "the authorised amount never exceeds the full amount" (module doc): the
+/// claim started at the nonce before the channel's is pending or was ended by the sender's reclaim,
+/// so a chain value below the authorisation at the channel's nonce is the reclaim's doing (a
+/// recipient's claim keeps at least the ledger's full amount in the channel).
+pub fn voided_by_reclaim(state: &ChannelProjection) -> bool {
+    let channel = &state.channel;
+    let Some(previous) = channel.nonce.value().checked_sub(alloy_primitives::U256::from(1)) else {
+        return false;
+    };
+    state.claims.get(&Nonce(previous)).is_some_and(|claim| match &claim.finished {
+        None => true,
+        Some(finish) => finish.outcome == ClaimOutcome::ReclaimedBySender,
+    })
+}
+
 /// The seed's merge rule (escrow.md §3.5) as an event: a newer chain nonce replaces the state and
 /// resets the authorisation; the same nonce takes the chain's value and expiration.
-fn merge(channel: &mut PaymentChannelData, chain: &OnChainChannel) -> Result<(), FoldError> {
+fn merge(state: &mut ChannelProjection, chain: &OnChainChannel) -> Result<(), FoldError> {
+    let voided = voided_by_reclaim(state);
+    let channel = &mut state.channel;
     let channel_id = channel.channel_id;
     if !channel.same_parties(chain) {
         return Err(FoldError::ChannelPartiesChanged { channel_id });
@@ -196,7 +233,7 @@ fn merge(channel: &mut PaymentChannelData, chain: &OnChainChannel) -> Result<(),
             PaymentChannelData { state: channel.state, ..PaymentChannelData::from_chain(channel_id, chain) };
         return Ok(());
     }
-    if channel.authorized_amount > chain.value {
+    if channel.authorized_amount > chain.value && !voided {
         return Err(FoldError::AuthorizedAmountExceedsFullAmount {
             channel_id,
             authorized: channel.authorized_amount,

@@ -6,21 +6,21 @@ use super::*;
 use crate::domain::event::ChainBlock;
 use crate::domain::types::{BlockNumber, EthAddress, GroupId};
 
-const ID: u64 = 42;
+pub(super) const ID: u64 = 42;
 
-fn id() -> ChannelId {
+pub(super) fn id() -> ChannelId {
     ChannelId::from(ID)
 }
 
-fn address(byte: u8) -> EthAddress {
+pub(super) fn address(byte: u8) -> EthAddress {
     EthAddress::from_slice(&[byte; 20]).unwrap()
 }
 
-fn sig(byte: u8) -> Signature {
+pub(super) fn sig(byte: u8) -> Signature {
     Signature([byte; 65])
 }
 
-fn chain(nonce: u64, value: u64, expiration: u64) -> OnChainChannel {
+pub(super) fn chain(nonce: u64, value: u64, expiration: u64) -> OnChainChannel {
     OnChainChannel {
         nonce: Nonce::from(nonce),
         sender: address(0x11),
@@ -32,14 +32,14 @@ fn chain(nonce: u64, value: u64, expiration: u64) -> OnChainChannel {
     }
 }
 
-fn merged(nonce: u64, value: u64, expiration: u64) -> ChannelEvent {
+pub(super) fn merged(nonce: u64, value: u64, expiration: u64) -> ChannelEvent {
     ChannelEvent::ChannelMergedFromChain {
         chain: chain(nonce, value, expiration),
         block: Some(ChainBlock { number: 5, hash: B256::repeat_byte(7) }),
     }
 }
 
-fn paid(nonce: u64, amount: u64, signature: u8) -> ChannelEvent {
+pub(super) fn paid(nonce: u64, amount: u64, signature: u8) -> ChannelEvent {
     ChannelEvent::PaymentAccepted {
         nonce: Nonce::from(nonce),
         amount: Amount::from(amount),
@@ -47,7 +47,7 @@ fn paid(nonce: u64, amount: u64, signature: u8) -> ChannelEvent {
     }
 }
 
-fn claim_started(nonce: u64, amount: u64, signature: u8) -> ChannelEvent {
+pub(super) fn claim_started(nonce: u64, amount: u64, signature: u8) -> ChannelEvent {
     ChannelEvent::ClaimStarted {
         nonce: Nonce::from(nonce),
         amount: Amount::from(amount),
@@ -55,7 +55,7 @@ fn claim_started(nonce: u64, amount: u64, signature: u8) -> ChannelEvent {
     }
 }
 
-fn claim_finished(nonce: u64, outcome: ClaimOutcome, amount: u64) -> ChannelEvent {
+pub(super) fn claim_finished(nonce: u64, outcome: ClaimOutcome, amount: u64) -> ChannelEvent {
     ChannelEvent::ClaimFinished {
         nonce: Nonce::from(nonce),
         outcome,
@@ -65,11 +65,11 @@ fn claim_finished(nonce: u64, outcome: ClaimOutcome, amount: u64) -> ChannelEven
     }
 }
 
-fn given(events: &[ChannelEvent]) -> ChannelProjection {
+pub(super) fn given(events: &[ChannelEvent]) -> ChannelProjection {
     fold(id(), events).unwrap().unwrap()
 }
 
-fn when(past: &[ChannelEvent], event: ChannelEvent) -> Result<ChannelProjection, FoldError> {
+pub(super) fn when(past: &[ChannelEvent], event: ChannelEvent) -> Result<ChannelProjection, FoldError> {
     apply(id(), fold(id(), past).unwrap(), &event)
 }
 

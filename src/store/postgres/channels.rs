@@ -130,13 +130,16 @@ pub async fn write_claims(
         let finish = claim.finished.as_ref();
         sqlx::query!(
             "INSERT INTO ledger.claims (channel_id, nonce, amount, signature, finish_outcome,
-                                        finish_transaction_hash, finish_block_number, finish_amount)
-             VALUES ($1::text::numeric, $2::text::numeric, $3::text::numeric, $4, $5, $6, $7, $8::text::numeric)
+                                        finish_transaction_hash, finish_block_number, finish_amount,
+                                        finish_planned_amount)
+             VALUES ($1::text::numeric, $2::text::numeric, $3::text::numeric, $4, $5, $6, $7,
+                     $8::text::numeric, $9::text::numeric)
              ON CONFLICT (channel_id, nonce) DO UPDATE SET
                 amount = EXCLUDED.amount, signature = EXCLUDED.signature,
                 finish_outcome = EXCLUDED.finish_outcome,
                 finish_transaction_hash = EXCLUDED.finish_transaction_hash,
-                finish_block_number = EXCLUDED.finish_block_number, finish_amount = EXCLUDED.finish_amount",
+                finish_block_number = EXCLUDED.finish_block_number, finish_amount = EXCLUDED.finish_amount,
+                finish_planned_amount = EXCLUDED.finish_planned_amount",
             c.channel_id.to_string(),
             claim.nonce.to_string(),
             claim.amount.to_string(),
@@ -145,6 +148,7 @@ pub async fn write_claims(
             finish.map(|f| f.transaction_hash.as_slice()),
             finish.map(|f| i64::try_from(f.block_number).unwrap_or(i64::MAX)),
             finish.map(|f| f.amount.to_string()),
+            finish.and_then(|f| f.planned_amount).map(|a| a.to_string()),
         )
         .execute(&mut *conn)
         .await?;
@@ -187,6 +191,7 @@ pub struct ClaimRow {
     pub finish_transaction_hash: Option<Vec<u8>>,
     pub finish_block_number: Option<i64>,
     pub finish_amount: Option<String>,
+    pub finish_planned_amount: Option<String>,
 }
 
 impl ChannelRow {
@@ -252,6 +257,12 @@ impl ClaimRow {
                     .unwrap_or_default()
                     .parse()
                     .map_err(|e| bad("finish_amount", format!("{e}")))?,
+                planned_amount: self
+                    .finish_planned_amount
+                    .as_deref()
+                    .map(str::parse)
+                    .transpose()
+                    .map_err(|e| bad("finish_planned_amount", format!("{e}")))?,
             }),
             _ => return Err(bad("finish_outcome", "half-finished claim".to_owned())),
         };
@@ -294,7 +305,8 @@ pub async fn claim_rows(
         ClaimRow,
         r#"SELECT channel_id::text AS "channel_id!", nonce::text AS "nonce!", amount::text AS "amount!",
                   signature, finish_outcome, finish_transaction_hash, finish_block_number,
-                  finish_amount::text AS finish_amount
+                  finish_amount::text AS finish_amount,
+                  finish_planned_amount::text AS finish_planned_amount
            FROM ledger.claims
            WHERE $1::text IS NULL OR channel_id = $1::text::numeric
            ORDER BY channel_id, nonce"#,

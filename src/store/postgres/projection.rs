@@ -48,6 +48,7 @@ struct StoredRow {
     finish_transaction_hash: Option<Vec<u8>>,
     finish_block_number: Option<i64>,
     finish_amount: Option<String>,
+    finish_planned_amount: Option<String>,
 }
 
 /// The stored projection of one channel and its stream head (`None` when not stored).
@@ -69,7 +70,8 @@ pub async fn load_projection(
                   k.nonce::text AS claim_nonce, k.amount::text AS "claim_amount?",
                   k.signature AS "claim_signature?", k.finish_outcome AS "finish_outcome?",
                   k.finish_transaction_hash AS "finish_transaction_hash?",
-                  k.finish_block_number AS "finish_block_number?", k.finish_amount::text AS finish_amount
+                  k.finish_block_number AS "finish_block_number?", k.finish_amount::text AS finish_amount,
+                  k.finish_planned_amount::text AS finish_planned_amount
            FROM ledger.channels c
            LEFT JOIN ledger.streams s ON s.stream = $2
            LEFT JOIN ledger.claims k ON k.channel_id = c.channel_id
@@ -117,7 +119,8 @@ pub async fn take_lease_and_load(
                   k.nonce::text AS claim_nonce, k.amount::text AS "claim_amount?",
                   k.signature AS "claim_signature?", k.finish_outcome AS "finish_outcome?",
                   k.finish_transaction_hash AS "finish_transaction_hash?",
-                  k.finish_block_number AS "finish_block_number?", k.finish_amount::text AS finish_amount
+                  k.finish_block_number AS "finish_block_number?", k.finish_amount::text AS finish_amount,
+                  k.finish_planned_amount::text AS finish_planned_amount
            FROM (VALUES (1)) AS one (x)
            LEFT JOIN ledger.leases l ON l.channel_id = $1::text::numeric
            LEFT JOIN ledger.channels c ON c.channel_id = $1::text::numeric
@@ -204,6 +207,7 @@ fn projection_of(channel_id: ChannelId, rows: Vec<StoredRow>) -> Result<Option<S
             finish_transaction_hash: row.finish_transaction_hash,
             finish_block_number: row.finish_block_number,
             finish_amount: row.finish_amount,
+            finish_planned_amount: row.finish_planned_amount,
         }
         .to_domain()?;
         claims.insert(claim.nonce, claim);
