@@ -8,8 +8,8 @@ use alloy::primitives::U256;
 use alloy::sol_types::{SolCall, SolEvent};
 use common::ganache::{Account, CHAIN_ID, Ganache, Mpe, contract_abi};
 use mpe_ledger::chain::mpe::MultiPartyEscrow;
-use mpe_ledger::chain::{ChainError, ChainReader, ClaimLog, EthChain};
-use mpe_ledger::domain::{Amount, BlockNumber, ChannelId, ClaimOutcome, GroupId, Nonce, OnChainChannel};
+use mpe_ledger::chain::{ChainError, ChainReader, ChannelLog, ChannelLogEvent, EthChain};
+use mpe_ledger::domain::{Amount, BlockNumber, ChannelId, GroupId, Nonce, OnChainChannel};
 
 const GROUP: [u8; 32] = [7; 32];
 
@@ -127,21 +127,27 @@ async fn a_recipient_claim_of_60_of_a_signed_100_lowers_the_value_by_60_and_leav
     assert_eq!(after.value, Amount::from(940));
     assert_eq!(after.nonce, Nonce::from(1));
     let latest = world.chain.current_block().await.unwrap();
+    let logs = world.chain.channel_logs(id, 0, latest).await.unwrap();
     assert_eq!(
-        world.chain.claim_logs(id, 0, latest).await.unwrap(),
-        vec![ClaimLog {
+        logs,
+        vec![ChannelLog {
             channel_id: id,
-            outcome: ClaimOutcome::ClaimedByRecipient,
-            nonce: Nonce::from(1),
-            amount: Amount::from(60),
-            planned_amount: Some(Amount::from(100)),
+            event: ChannelLogEvent::Claim {
+                nonce: Nonce::from(1),
+                actual_amount: Amount::from(60),
+                planned_amount: Amount::from(100),
+                send_back_amount: Amount::ZERO,
+                // What stays in the channel: its value after the claim.
+                keep_amount: Amount::from(940),
+            },
             transaction_hash: tx,
             block_number: claim_block,
+            log_index: logs[0].log_index,
         }]
     );
-    assert_eq!(world.chain.claim_logs(id, 0, before_claim).await.unwrap(), vec![]);
-    assert_eq!(world.chain.claim_logs(id, claim_block, claim_block).await.unwrap().len(), 1);
-    assert_eq!(world.chain.claim_logs(other, 0, latest).await.unwrap(), vec![]);
+    assert_eq!(world.chain.channel_logs(id, 0, before_claim).await.unwrap(), vec![]);
+    assert_eq!(world.chain.channel_logs(id, claim_block, claim_block).await.unwrap().len(), 1);
+    assert_eq!(world.chain.channel_logs(other, 0, latest).await.unwrap(), vec![]);
 }
 
 #[tokio::test]
@@ -170,34 +176,57 @@ async fn a_sender_reclaim_after_expiry_is_a_reclaimed_by_sender_log() {
         }
     );
     let latest = world.chain.current_block().await.unwrap();
+    let logs = world.chain.channel_logs(id, 0, latest).await.unwrap();
     assert_eq!(
-        world.chain.claim_logs(id, 0, latest).await.unwrap(),
-        vec![ClaimLog {
+        logs,
+        vec![ChannelLog {
             channel_id: id,
-            outcome: ClaimOutcome::ReclaimedBySender,
-            // The new nonce, as in ChannelClaim.
-            nonce: Nonce::from(1),
-            // The contract logs the value after zeroing it: 0, although 1000 went back.
-            amount: Amount::ZERO,
-            planned_amount: None,
+            // The new nonce, as in ChannelClaim; the contract logs the value after zeroing it: 0,
+            // although 1000 went back.
+            event: ChannelLogEvent::SenderClaim { nonce: Nonce::from(1), logged_amount: Amount::ZERO },
             transaction_hash: tx,
             block_number: block,
+            log_index: logs[0].log_index,
         }]
     );
-    // What went back is the value just before the reclaim's block.
-    let just_before = world.chain.channel_at_block(id, block - 1).await.unwrap().unwrap();
-    assert_eq!(just_before.channel.value, Amount::from(1_000));
-    assert_eq!((just_before.block.number, just_before.block.hash), ganache.block(block - 1).await);
 }
 
 #[tokio::test]
-async fn a_block_beyond_the_head_is_named_as_missing() {
+async fn added_funds_are_logged_so_the_value_a_sender_takes_back_is_derived_from_the_logs() {
+    use mpe_ledger::domain::{ChainBlock, ChannelEvent};
+    use mpe_ledger::escrow::claims::taken_back::{anchor, value_before};
     let ganache = Ganache::start().await;
     let world = World::new(&ganache).await;
-    let beyond = ganache.block_number().await + 10;
+    let expiration = ganache.block_number().await + 6;
+    let id = world.open(1_000, expiration).await;
+    let read = world.chain.channel(id).await.unwrap().unwrap();
+    world.mpe.add_funds(&world.sender, id, 200).await;
+    world.mpe.add_funds(&world.sender, id, 30).await;
+    ganache.mine(6).await;
+    let balance_before = world.mpe.balance(&world.sender).await;
+    let tx = world.mpe.claim_timeout(&world.sender, id).await;
+    assert_eq!(world.mpe.balance(&world.sender).await, balance_before + U256::from(1_230));
 
-    let error = world.chain.channel_at_block(ChannelId::ZERO, beyond).await.unwrap_err();
-    assert!(matches!(&error, ChainError::NoBlock { block } if *block == beyond.to_string()), "{error:?}");
+    let logs = world.chain.channel_logs(id, 0, ganache.block_number().await).await.unwrap();
+    let events: Vec<_> = logs.iter().map(|log| log.event.clone()).collect();
+    assert_eq!(
+        events,
+        [
+            ChannelLogEvent::AddFunds { amount: Amount::from(200) },
+            ChannelLogEvent::AddFunds { amount: Amount::from(30) },
+            ChannelLogEvent::SenderClaim { nonce: Nonce::from(1), logged_amount: Amount::ZERO },
+        ]
+    );
+    let reclaim = logs.last().unwrap();
+    assert_eq!(reclaim.transaction_hash, tx);
+    // The ledger's record: the merge of the channel's state read at one block.
+    let merged = ChannelEvent::ChannelMergedFromChain {
+        chain: read.channel.clone(),
+        block: Some(ChainBlock { number: read.block.number, hash: read.block.hash }),
+    };
+    let anchor = anchor(&[merged], Nonce::ZERO, reclaim.block_number).unwrap();
+    let needed = world.chain.channel_logs(id, anchor.first_block(), reclaim.block_number).await.unwrap();
+    assert_eq!(value_before(anchor, &needed, reclaim), Ok(Amount::from(1_230)));
 }
 
 #[tokio::test]
@@ -210,7 +239,7 @@ async fn an_unreachable_node_is_an_error_that_names_the_call() {
     assert!(error.to_string().starts_with("eth_blockNumber failed"), "{error}");
     let error = chain.channel(ChannelId::from(1)).await.unwrap_err();
     assert!(matches!(error, ChainError::Rpc { call: "eth_getBlockByNumber", .. }), "{error:?}");
-    let error = chain.claim_logs(ChannelId::from(1), 0, 10).await.unwrap_err();
+    let error = chain.channel_logs(ChannelId::from(1), 0, 10).await.unwrap_err();
     assert!(matches!(error, ChainError::Rpc { call: "eth_getLogs", .. }), "{error:?}");
 }
 

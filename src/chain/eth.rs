@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use alloy::eips::BlockNumberOrTag;
-use alloy::primitives::{Address, B256, Log as PrimitiveLog, U256};
+use alloy::primitives::{Address, B256, Log as PrimitiveLog};
 use alloy::providers::{Provider, RootProvider};
 use alloy::rpc::client::RpcClient;
 use alloy::rpc::types::{Filter, Log, TransactionRequest};
@@ -18,11 +18,11 @@ use alloy::sol_types::{SolCall, SolEvent};
 use alloy::transports::http::reqwest;
 use alloy::transports::{TransportError, TransportErrorKind};
 
-use super::mpe::MultiPartyEscrow::{ChannelClaim, ChannelSenderClaim, channelsCall, channelsReturn};
-use super::{ChainError, ChainReader, ChannelRead, ClaimLog};
-use crate::domain::{
-    Amount, BlockNumber, ChainBlock, ChannelId, ClaimOutcome, EthAddress, GroupId, Nonce, OnChainChannel,
+use super::mpe::MultiPartyEscrow::{
+    ChannelAddFunds, ChannelClaim, ChannelSenderClaim, channelsCall, channelsReturn,
 };
+use super::{ChainError, ChainReader, ChannelLog, ChannelLogEvent, ChannelRead};
+use crate::domain::{Amount, BlockNumber, ChainBlock, ChannelId, EthAddress, GroupId, Nonce, OnChainChannel};
 
 /// The longest any one JSON-RPC request may take, connecting included.
 pub const RPC_TIMEOUT: Duration = Duration::from_secs(10);
@@ -109,9 +109,9 @@ impl EthChain {
         Ok(ChainBlock { number: block.header.number, hash: block.header.hash })
     }
 
-    async fn logs_in(&self, filter: Filter) -> Result<Vec<ClaimLog>, ChainError> {
+    async fn logs_in(&self, filter: Filter) -> Result<Vec<ChannelLog>, ChainError> {
         let logs = self.provider.get_logs(&filter).await.map_err(self.rpc("eth_getLogs"))?;
-        logs.iter().map(claim_log).collect()
+        logs.iter().map(channel_log).collect()
     }
 
     /// `channels(id)` at a given block.
@@ -141,12 +141,6 @@ impl ChainReader for EthChain {
         self.channel_at(id, block).await
     }
 
-    #[tracing::instrument(level = "debug", skip(self), fields(channel = %id))]
-    async fn channel_at_block(&self, id: ChannelId, number: u64) -> Result<Option<ChannelRead>, ChainError> {
-        let block = self.block(BlockNumberOrTag::Number(number)).await?;
-        self.channel_at(id, block).await
-    }
-
     async fn current_block(&self) -> Result<u64, ChainError> {
         self.provider.get_block_number().await.map_err(self.rpc("eth_blockNumber"))
     }
@@ -156,15 +150,19 @@ impl ChainReader for EthChain {
     }
 
     #[tracing::instrument(level = "debug", skip(self), fields(channel = %id))]
-    async fn claim_logs(
+    async fn channel_logs(
         &self,
         id: ChannelId,
         from_block: u64,
         to_block: u64,
-    ) -> Result<Vec<ClaimLog>, ChainError> {
+    ) -> Result<Vec<ChannelLog>, ChainError> {
         let base = Filter::new()
             .address(self.mpe.0)
-            .event_signature(vec![ChannelClaim::SIGNATURE_HASH, ChannelSenderClaim::SIGNATURE_HASH])
+            .event_signature(vec![
+                ChannelClaim::SIGNATURE_HASH,
+                ChannelSenderClaim::SIGNATURE_HASH,
+                ChannelAddFunds::SIGNATURE_HASH,
+            ])
             .topic1(B256::from(id.0));
         let mut found = Vec::new();
         for (start, end) in log_windows(from_block, to_block) {
@@ -198,39 +196,43 @@ fn on_chain_channel(values: channelsReturn) -> OnChainChannel {
     }
 }
 
-/// One `ChannelClaim` or `ChannelSenderClaim` log as a [`ClaimLog`]. A log without a transaction
-/// hash or block number is pending, which `eth_getLogs` over mined blocks never returns.
-fn claim_log(log: &Log) -> Result<ClaimLog, ChainError> {
+/// One `ChannelClaim`, `ChannelSenderClaim` or `ChannelAddFunds` log as a [`ChannelLog`]. A log
+/// without a transaction hash, block number or index is pending, which `eth_getLogs` over mined
+/// blocks never returns.
+fn channel_log(log: &Log) -> Result<ChannelLog, ChainError> {
     let undecodable = |reason: String| ChainError::Decode { call: "eth_getLogs", reason };
     let transaction_hash =
         log.transaction_hash.ok_or_else(|| undecodable("log without a transaction hash".into()))?;
     let block_number = log.block_number.ok_or_else(|| undecodable("log without a block number".into()))?;
-    let claim = |channel_id, outcome, nonce, amount, planned_amount: Option<U256>| ClaimLog {
-        channel_id: ChannelId(channel_id),
-        outcome,
-        nonce: Nonce(nonce),
-        amount: Amount(amount),
-        planned_amount: planned_amount.map(Amount),
-        transaction_hash,
-        block_number,
-    };
-    match log.topic0() {
+    let log_index = log.log_index.ok_or_else(|| undecodable("log without an index".into()))?;
+    let (channel_id, event) = match log.topic0() {
         Some(&ChannelClaim::SIGNATURE_HASH) => {
-            let event = decode::<ChannelClaim>(&log.inner).map_err(undecodable)?;
-            Ok(claim(
-                event.channelId,
-                ClaimOutcome::ClaimedByRecipient,
-                event.nonce,
-                event.claimAmount,
-                Some(event.plannedAmount),
-            ))
+            let e = decode::<ChannelClaim>(&log.inner).map_err(undecodable)?;
+            (
+                e.channelId,
+                ChannelLogEvent::Claim {
+                    nonce: Nonce(e.nonce),
+                    actual_amount: Amount(e.claimAmount),
+                    planned_amount: Amount(e.plannedAmount),
+                    send_back_amount: Amount(e.sendBackAmount),
+                    keep_amount: Amount(e.keepAmount),
+                },
+            )
         }
         Some(&ChannelSenderClaim::SIGNATURE_HASH) => {
-            let event = decode::<ChannelSenderClaim>(&log.inner).map_err(undecodable)?;
-            Ok(claim(event.channelId, ClaimOutcome::ReclaimedBySender, event.nonce, event.claimAmount, None))
+            let e = decode::<ChannelSenderClaim>(&log.inner).map_err(undecodable)?;
+            (
+                e.channelId,
+                ChannelLogEvent::SenderClaim { nonce: Nonce(e.nonce), logged_amount: Amount(e.claimAmount) },
+            )
         }
-        other => Err(undecodable(format!("unexpected event topic {other:?}"))),
-    }
+        Some(&ChannelAddFunds::SIGNATURE_HASH) => {
+            let e = decode::<ChannelAddFunds>(&log.inner).map_err(undecodable)?;
+            (e.channelId, ChannelLogEvent::AddFunds { amount: Amount(e.additionalFunds) })
+        }
+        other => return Err(undecodable(format!("unexpected event topic {other:?}"))),
+    };
+    Ok(ChannelLog { channel_id: ChannelId(channel_id), event, transaction_hash, block_number, log_index })
 }
 
 /// `error` without the node's URL: reqwest's errors lose theirs, and an HTTP error's text (which

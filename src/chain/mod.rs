@@ -20,7 +20,7 @@ use alloy::transports::TransportError;
 
 pub use eth::{EthChain, MAX_LOG_RANGE_BLOCKS, REDACTED_URL, RPC_TIMEOUT};
 
-use crate::domain::{Amount, ChainBlock, ChannelId, ClaimOutcome, Nonce, OnChainChannel};
+use crate::domain::{Amount, ChainBlock, ChannelId, Nonce, OnChainChannel};
 
 /// Why the chain could not answer.
 #[derive(Debug, thiserror::Error)]
@@ -61,30 +61,51 @@ pub struct ChannelRead {
     pub block: ChainBlock,
 }
 
-/// One claim that left the chain: a `ChannelClaim` or `ChannelSenderClaim` log of the MPE.
+/// What one log of the MPE says about a channel's value and nonce (the logs the claim watcher reads).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClaimLog {
+pub enum ChannelLogEvent {
+    /// `ChannelClaim`: the recipient claimed. `nonce` is the channel's nonce **after** the claim (one
+    /// above the nonce the payment was signed at; observed on ganache with the `snet-contracts`
+    /// 1.0.1 bytecode). `actual_amount` moved to the recipient, of the signed `planned_amount`;
+    /// `keep_amount` is the channel's value after the claim (what stays in it), `send_back_amount`
+    /// what went back to the sender (non-zero only with `isSendback`).
+    Claim {
+        nonce: Nonce,
+        actual_amount: Amount,
+        planned_amount: Amount,
+        send_back_amount: Amount,
+        keep_amount: Amount,
+    },
+    /// `ChannelSenderClaim`: the sender took the channel's value back after expiry. `nonce` is the
+    /// channel's nonce after the reclaim (one above the nonce it had). `logged_amount` is the log's
+    /// `claimAmount`, **always 0**: the contract logs the value after it has set it to 0 (observed:
+    /// 1000 went back, the log says 0). What went back is derived from the value before (see
+    /// `escrow::claims`), never read at a past block (which needs an archive node).
+    SenderClaim { nonce: Nonce, logged_amount: Amount },
+    /// `ChannelAddFunds`: the sender added `amount` to the channel's value.
+    AddFunds { amount: Amount },
+}
+
+/// One log of the MPE about one channel, with where it is in the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelLog {
     pub channel_id: ChannelId,
-    pub outcome: ClaimOutcome,
-    /// The `nonce` field exactly as the log carries it. In both events that is the channel's nonce
-    /// **after** the transaction (observed on ganache with the `snet-contracts` 1.0.1 bytecode):
-    /// - `ChannelClaim` (recipient): one above the nonce the claimed payment was signed at (a claim
-    ///   of a payment signed at nonce 0 logs 1).
-    /// - `ChannelSenderClaim` (sender's reclaim after expiry): one above the channel's nonce before
-    ///   the reclaim (nonce 0 before, the log says 1, and `channels(id)` then reads nonce 1).
-    pub nonce: Nonce,
-    /// `claimAmount` exactly as the log carries it.
-    /// - `ChannelClaim`: what the recipient actually received (`actualAmount`, at most planned).
-    /// - `ChannelSenderClaim`: **always 0**. The contract logs the channel's value after it has
-    ///   already set it to 0 (observed: a channel of 1000 reclaimed, the sender's MPE balance back up
-    ///   by 1000, the log says 0). What the sender took back is the channel's value before the
-    ///   reclaim: [`ChainReader::channel_at_block`] at `block_number - 1`, or the state known before.
-    pub amount: Amount,
-    /// `plannedAmount` of a `ChannelClaim`: the signed amount, of which `amount` was claimed.
-    /// `None` for a `ChannelSenderClaim`, which has no signed payment.
-    pub planned_amount: Option<Amount>,
+    pub event: ChannelLogEvent,
     pub transaction_hash: B256,
     pub block_number: u64,
+    /// The log's index in its block: logs of one block are applied in this order.
+    pub log_index: u64,
+}
+
+impl ChannelLog {
+    /// Whether this log moves the channel from nonce `nonce` to the next (a claim or a reclaim).
+    pub fn ends_nonce(&self, nonce: Nonce) -> bool {
+        match &self.event {
+            ChannelLogEvent::Claim { nonce: after, .. }
+            | ChannelLogEvent::SenderClaim { nonce: after, .. } => nonce.next() == Some(*after),
+            ChannelLogEvent::AddFunds { .. } => false,
+        }
+    }
 }
 
 /// The chain as the escrow services see it. Implemented by [`EthChain`]; tests of the services
@@ -95,26 +116,19 @@ pub trait ChainReader: Send + Sync {
     /// sender is the zero address (no such channel).
     fn channel(&self, id: ChannelId) -> impl Future<Output = Result<Option<ChannelRead>, ChainError>> + Send;
 
-    /// `channels(id)` as it was at block `number` (e.g. just before a sender's reclaim, whose log
-    /// carries the value after it, always 0).
-    fn channel_at_block(
-        &self,
-        id: ChannelId,
-        number: u64,
-    ) -> impl Future<Output = Result<Option<ChannelRead>, ChainError>> + Send;
-
     /// The latest block number (`eth_blockNumber`).
     fn current_block(&self) -> impl Future<Output = Result<u64, ChainError>> + Send;
 
     /// The chain id (`eth_chainId`).
     fn chain_id(&self) -> impl Future<Output = Result<u64, ChainError>> + Send;
 
-    /// The MPE's `ChannelClaim` and `ChannelSenderClaim` logs for this channel in the inclusive
-    /// block range `[from_block, to_block]`, in chain order. An empty range gives no logs.
-    fn claim_logs(
+    /// The MPE's `ChannelClaim`, `ChannelSenderClaim` and `ChannelAddFunds` logs for this channel in
+    /// the inclusive block range `[from_block, to_block]`, in chain order (block, then log index).
+    /// An empty range gives no logs.
+    fn channel_logs(
         &self,
         id: ChannelId,
         from_block: u64,
         to_block: u64,
-    ) -> impl Future<Output = Result<Vec<ClaimLog>, ChainError>> + Send;
+    ) -> impl Future<Output = Result<Vec<ChannelLog>, ChainError>> + Send;
 }

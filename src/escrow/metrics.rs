@@ -33,6 +33,9 @@ pub struct EscrowMetrics {
     pub chain_cache_hits: IntCounter,
     /// Chain reads that failed (the stored state was used when known).
     pub chain_read_failures: IntCounter,
+    /// Checks of a channel's claims against the chain's logs that failed (one per channel and pass,
+    /// or one per pass when the head block could not be read); the other channels were still checked.
+    pub claim_check_failures: IntCounter,
     /// Seconds spent in each phase of a paid call ([`PAID_CALL_PHASES`]): validating the payment
     /// and taking its lease, the upstream service's call (the upstream latency: from the request
     /// sent to the service's final status), recording it.
@@ -71,6 +74,10 @@ impl EscrowMetrics {
                 "Payment lookups served from cache",
             ),
             chain_read_failures: counter("mpe_ledger_chain_read_failures_total", "Failed channels(id) reads"),
+            claim_check_failures: counter(
+                "mpe_ledger_claim_check_failures_total",
+                "Failed checks of a channel's claims against the chain's logs",
+            ),
             paid_call_seconds: HistogramVec::new(
                 HistogramOpts::new("mpe_ledger_paid_call_seconds", "Seconds per phase of a paid call")
                     .buckets(SECONDS_BUCKETS.to_vec()),
@@ -114,6 +121,7 @@ impl EscrowMetrics {
             Box::new(metrics.chain_reads.clone()),
             Box::new(metrics.chain_cache_hits.clone()),
             Box::new(metrics.chain_read_failures.clone()),
+            Box::new(metrics.claim_check_failures.clone()),
             Box::new(metrics.paid_call_seconds.clone()),
             Box::new(metrics.paid_call_duration.clone()),
             Box::new(metrics.paid_calls_in_flight.clone()),

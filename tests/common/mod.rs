@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod contract;
 pub mod e2e;
 pub mod escrow;
+pub mod escrow_world;
 pub mod ganache;
 pub mod gateway;
 pub mod ledger;

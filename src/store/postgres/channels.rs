@@ -347,22 +347,30 @@ impl ChannelStore for PgChannelStore {
     }
 
     async fn events(&self, key: &PaymentChannelKey) -> Result<Vec<ChannelEvent>, StoreError> {
-        let stream = StreamId::Channel(key.id);
-        let rows = sqlx::query!(
-            "SELECT event_type, payload FROM ledger.events WHERE stream = $1 ORDER BY stream_version",
-            stream.to_string()
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter()
-            .map(|row| match Event::from_json(&row.event_type, &row.payload) {
-                Ok(Event::Channel(event)) => Ok(event),
-                Ok(other) => Err(StoreError::CorruptLog {
-                    stream: stream.to_string(),
-                    reason: format!("{} event in a channel stream", other.event_type()),
-                }),
-                Err(e) => Err(StoreError::CorruptLog { stream: stream.to_string(), reason: e.to_string() }),
-            })
-            .collect()
+        channel_events(&self.pool, key.id).await
     }
+}
+
+/// Every event of one channel's stream, in stream order.
+pub async fn channel_events(
+    pool: &sqlx::PgPool,
+    channel_id: ChannelId,
+) -> Result<Vec<ChannelEvent>, StoreError> {
+    let stream = StreamId::Channel(channel_id);
+    let rows = sqlx::query!(
+        "SELECT event_type, payload FROM ledger.events WHERE stream = $1 ORDER BY stream_version",
+        stream.to_string()
+    )
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|row| match Event::from_json(&row.event_type, &row.payload) {
+            Ok(Event::Channel(event)) => Ok(event),
+            Ok(other) => Err(StoreError::CorruptLog {
+                stream: stream.to_string(),
+                reason: format!("{} event in a channel stream", other.event_type()),
+            }),
+            Err(e) => Err(StoreError::CorruptLog { stream: stream.to_string(), reason: e.to_string() }),
+        })
+        .collect()
 }

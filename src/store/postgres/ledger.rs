@@ -157,6 +157,11 @@ impl PgLedger {
         Ok(channels?.into_iter().filter(|c| c.authorized_amount != Amount::ZERO).collect())
     }
 
+    /// Every event of one channel's stream, in stream order.
+    pub async fn channel_events(&self, channel_id: ChannelId) -> Result<Vec<ChannelEvent>, StoreError> {
+        super::channels::channel_events(&self.pool, channel_id).await
+    }
+
     /// Every claim started and not yet seen finished on chain, by channel and nonce.
     pub async fn claims_in_progress(&self) -> Result<Vec<(ChannelId, Claim)>, StoreError> {
         let mut conn = self.pool.acquire().await?;
