@@ -396,6 +396,45 @@ async fn channel_state_during_a_pending_claim_carries_the_claimed_payment_of_the
 }
 
 #[tokio::test]
+async fn channel_state_after_a_reclaim_during_a_pending_claim_answers_at_the_chains_nonce_with_value_zero() {
+    let ganache = Ganache::start().await;
+    let world = World::new(&ganache).await;
+    let expiration = world.head().await + 10;
+    let channel = world
+        .mpe
+        .open_channel(
+            world.client(),
+            world.client().address,
+            world.provider().address,
+            GROUP,
+            1000,
+            expiration,
+        )
+        .await;
+    world.pay_on(channel, 0, PRICE).await;
+    world.claims.start_claim(channel).await.unwrap();
+    world.pay_on(channel, 1, PRICE).await;
+    ganache.mine(10).await;
+    world.mpe.claim_timeout(world.client(), channel).await;
+    let ask =
+        async || world.channel_state(world.state_request(world.client(), channel, world.head().await)).await;
+    // The chain's nonce is the ledger's and its value 0: the payment signed at nonce 1 is kept.
+    let answer = ChannelStateReply {
+        current_nonce: word(1),
+        current_signed_amount: word(PRICE),
+        current_signature: world.payment_signature(channel, 1, PRICE),
+        ..Default::default()
+    };
+    let before = world.snapshot().await;
+    assert_eq!(ask().await.unwrap(), answer);
+    assert_eq!(world.snapshot().await, before);
+    // The listing records the reclaim (one event) and no longer lists the voided claim.
+    assert_eq!(world.listed(List::InProgress).await, vec![]);
+    assert_eq!(world.db.event_count().await, before.0 + 1);
+    assert_eq!(ask().await.unwrap(), answer);
+}
+
+#[tokio::test]
 async fn channel_state_with_an_unusable_signature_is_incorrect_signature() {
     let ganache = Ganache::start().await;
     let world = World::new(&ganache).await;
