@@ -32,7 +32,9 @@ pub const STORAGE_FAILURE: &str = "the ledger's storage failed, try again later"
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
 /// Confirmations before a claim seen on chain is recorded as finished (a main-network default).
 pub const DEFAULT_CONFIRMATIONS: u64 = 12;
-/// How far back claim logs are searched, in blocks (about 140 days at 12 s a block).
+/// How far below the confirmed head the first search of a claim starts when its channel has no log
+/// cursor (a claim started before cursors existed, or whose cursor could not be written), in blocks
+/// (about 140 days at 12 s a block). Searched once: the cursor then goes on from where it stopped.
 pub const DEFAULT_CLAIM_LOG_LOOKBACK: u64 = 1_000_000;
 /// Longest a cached chain read is trusted for a payment (see `channels`).
 pub const DEFAULT_CHAIN_CACHE_AGE: Duration = Duration::from_secs(5);
@@ -53,6 +55,7 @@ pub struct EscrowConfig {
     pub replica_id: String,
     pub lease_ttl: Duration,
     pub confirmations: u64,
+    /// See [`DEFAULT_CLAIM_LOG_LOOKBACK`].
     pub claim_log_lookback: u64,
     pub chain_cache_age: Duration,
 }
