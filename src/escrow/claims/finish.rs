@@ -28,7 +28,7 @@
 //!   the claim's amount (or the authorisation at that nonce).
 
 use crate::chain::{ChainError, ChainReader, ChannelLog, ChannelLogEvent};
-use crate::domain::{ChannelEvent, ChannelId, ChannelProjection, Nonce};
+use crate::domain::{Amount, ChannelEvent, ChannelId, ChannelProjection, Nonce};
 use crate::store::StoreError;
 use crate::store::leases::Lease;
 use crate::store::postgres::ledger::{ChannelCommit, CommitError};
@@ -109,7 +109,9 @@ impl<C: ChainReader> ClaimService<C> {
         for channel in ledger.unclaimed_channels().await? {
             let expiration = u64::try_from(channel.expiration.value()).unwrap_or(u64::MAX);
             if expiration <= confirmed && !watched.iter().any(|w| w.channel_id == channel.channel_id) {
-                watched.push(Watched { channel_id: channel.channel_id, start_without_cursor: expiration });
+                // A reclaim cannot come before the expiration, nor (as for claims) before the lookback.
+                let start_without_cursor = expiration.max(fallback);
+                watched.push(Watched { channel_id: channel.channel_id, start_without_cursor });
             }
         }
         Ok(watched)
@@ -140,8 +142,17 @@ impl<C: ChainReader> ClaimService<C> {
 
     /// Records what `log` (a `ChannelClaim` or `ChannelSenderClaim`) ends, under the lease.
     async fn handle(&self, channel_id: ChannelId, log: &ChannelLog) -> Result<Handled, FinishError> {
+        // A log the ledger has nothing for (or has recorded already) costs nothing more: no
+        // derivation that could fail for it and hold the channel's cursor back.
+        let Some((state, _)) = self.channels.ledger().channel(channel_id).await? else {
+            return Ok(Handled::Nothing);
+        };
+        if ending_event(&state, log, Some(Amount::ZERO)).is_none() {
+            return Ok(Handled::Nothing);
+        }
         // The value taken back needs the chain's logs: derived before the lease is taken, to hold it
-        // briefly. It depends only on the log and on events already recorded.
+        // briefly. It depends only on the log and on events already recorded; whether it is still
+        // to be recorded is decided again under the lease.
         let taken_back = match log.event {
             ChannelLogEvent::SenderClaim { .. } => Some(self.taken_back(channel_id, log).await?),
             _ => None,
@@ -162,7 +173,7 @@ impl<C: ChainReader> ClaimService<C> {
         &self,
         channel_id: ChannelId,
         log: &ChannelLog,
-        taken_back: Option<crate::domain::Amount>,
+        taken_back: Option<Amount>,
         lease: &Lease,
     ) -> Result<Handled, FinishError> {
         let ledger = self.channels.ledger();
@@ -184,11 +195,7 @@ impl<C: ChainReader> ClaimService<C> {
         Ok(Handled::Recorded(Box::new(FinishedClaim { channel_id, event })))
     }
 
-    async fn taken_back(
-        &self,
-        channel_id: ChannelId,
-        reclaim: &ChannelLog,
-    ) -> Result<crate::domain::Amount, FinishError> {
+    async fn taken_back(&self, channel_id: ChannelId, reclaim: &ChannelLog) -> Result<Amount, FinishError> {
         let ChannelLogEvent::SenderClaim { nonce: after, .. } = reclaim.event else {
             unreachable!("only reclaims take back")
         };
@@ -209,7 +216,7 @@ impl<C: ChainReader> ClaimService<C> {
 fn ending_event(
     state: &ChannelProjection,
     log: &ChannelLog,
-    taken_back: Option<crate::domain::Amount>,
+    taken_back: Option<Amount>,
 ) -> Option<ChannelEvent> {
     let (ChannelLogEvent::Claim { nonce: after, .. } | ChannelLogEvent::SenderClaim { nonce: after, .. }) =
         log.event
