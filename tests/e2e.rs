@@ -160,7 +160,7 @@ fn channel_state_lines(nonce: u64, signed: u64, unspent: u64) -> [String; 3] {
 /// its `ledger.toml` as written (placeholders filled in: its price, expiration threshold and the
 /// default confirmations stand), then snet-cli as a user runs it: the client opens its channel with
 /// snet, reads the channel state, makes two paid calls; the treasurer lists the unclaimed payments
-/// and claims them on chain; the ledger records the claim as finished and the client sees the new
+/// and claims them on chain; the ledger records the claim as landed and the client sees the new
 /// nonce.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_readme_route_snet_cli_pays_through_the_ledger_and_the_treasurer_claims_on_chain() {
@@ -215,20 +215,20 @@ async fn the_readme_route_snet_cli_pays_through_the_ledger_and_the_treasurer_cla
     // many blocks are on top of it.
     ganache.mine(mpe_ledger::escrow::DEFAULT_CONFIRMATIONS).await;
 
-    // The ledger records the claim as finished: by itself, or when the control service next
+    // The ledger records the claim as landed: by itself, or when the control service next
     // lists the claims in progress (a second claim-all calls GetListInProgress first, which must
     // drop the finished claim, so it has nothing left to claim).
     let pool = &world.db.pool;
-    if !wait_for_event(pool, "claim_finished", channel, Duration::from_secs(5)).await {
-        println!("no claim_finished yet: a second claim-all makes the ledger list the claims in progress");
+    if !wait_for_event(pool, "claim_landed", channel, Duration::from_secs(5)).await {
+        println!("no claim_landed yet: a second claim-all makes the ledger list the claims in progress");
         let again = cli.treasurer(&["claim-all", "--endpoint", &endpoint, "-y"]).await;
         again.assert_success();
     }
-    let finished = wait_for_event(pool, "claim_finished", channel, Duration::from_secs(30)).await;
+    let finished = wait_for_event(pool, "claim_landed", channel, Duration::from_secs(30)).await;
     world.print_event_log().await;
-    assert!(finished, "the ledger recorded claim_finished for channel {channel}");
+    assert!(finished, "the ledger recorded claim_landed for channel {channel}");
     assert_eq!(event_count(pool, "claim_started", channel).await, 1);
-    assert_eq!(event_count(pool, "claim_finished", channel).await, 1);
+    assert_eq!(event_count(pool, "claim_landed", channel).await, 1);
     assert_eq!(event_count(pool, "payment_accepted", channel).await, 2);
 
     // The client now sees nonce 1, nothing signed at it, and the claimed amount gone.
