@@ -25,12 +25,27 @@ use mpe_ledger::store::verify::verify;
 struct WatchedChain {
     inner: EthChain,
     failing: Arc<Mutex<Option<ChannelId>>>,
+    head_failing: Arc<std::sync::atomic::AtomicBool>,
     searches: Arc<Mutex<Vec<(ChannelId, u64, u64)>>>,
 }
 
 impl WatchedChain {
     fn new(inner: EthChain) -> Self {
-        Self { inner, failing: Default::default(), searches: Default::default() }
+        Self {
+            inner,
+            failing: Default::default(),
+            head_failing: Default::default(),
+            searches: Default::default(),
+        }
+    }
+
+    fn fail_head(&self, failing: bool) {
+        self.head_failing.store(failing, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// A node that refuses every call, as a node over its limits does: the errors of a real failure.
+    fn refusing() -> EthChain {
+        EthChain::connect("http://127.0.0.1:1", Default::default()).unwrap()
     }
 
     fn fail_logs_of(&self, channel: Option<ChannelId>) {
@@ -48,6 +63,9 @@ impl ChainReader for WatchedChain {
     }
 
     async fn current_block(&self) -> Result<u64, ChainError> {
+        if self.head_failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Self::refusing().current_block().await;
+        }
         self.inner.current_block().await
     }
 
@@ -58,9 +76,7 @@ impl ChainReader for WatchedChain {
     async fn channel_logs(&self, id: ChannelId, from: u64, to: u64) -> Result<Vec<ChannelLog>, ChainError> {
         self.searches.lock().unwrap().push((id, from, to));
         if *self.failing.lock().unwrap() == Some(id) {
-            // The node refuses, as a node over its limits does: the same error as a real failure.
-            let refusing = EthChain::connect("http://127.0.0.1:1", Default::default()).unwrap();
-            return refusing.channel_logs(id, from, to).await;
+            return Self::refusing().channel_logs(id, from, to).await;
         }
         self.inner.channel_logs(id, from, to).await
     }
@@ -374,6 +390,13 @@ async fn an_eth_get_logs_failure_for_one_channel_hides_no_other_channels_claim()
     let listed = claims.in_progress().await.unwrap();
     assert_eq!(listed.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [world.channel]);
     assert_eq!(source.metrics().claim_check_failures.get(), 2);
+
+    // With the head unreadable nothing can be searched: the listing still answers.
+    chain.fail_head(true);
+    let listed = claims.in_progress().await.unwrap();
+    assert_eq!(listed.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [world.channel]);
+    assert_eq!(source.metrics().claim_check_failures.get(), 3);
+    chain.fail_head(false);
 
     chain.fail_logs_of(None);
     let finished = claims.record_finished_claims().await.unwrap();

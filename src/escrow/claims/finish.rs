@@ -78,7 +78,12 @@ impl<C: ChainReader> ClaimService<C> {
     /// One pass over every watched channel (module doc): the claims recorded now. An error means
     /// the head block could not be read; each channel's own failure is logged and counted instead.
     pub async fn record_finished_claims(&self) -> Result<Vec<FinishedClaim>, ClaimError> {
-        let head = self.channels.chain().current_block().await?;
+        let head = self
+            .channels
+            .chain()
+            .current_block()
+            .await
+            .inspect_err(|_| self.channels.metrics().claim_check_failures.inc())?;
         let Some(confirmed) = head.checked_sub(self.config.confirmations) else {
             return Ok(Vec::new());
         };
