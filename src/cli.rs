@@ -109,11 +109,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Verify => {
             let database = Database::open(&settings, Purpose::Command("verify")).await?;
-            let differences = verify::verify(&database.pool).await;
+            let report = verify::verify_report(&database.pool).await;
             database.close().await?;
-            let differences = differences?;
-            for difference in &differences {
+            let report = report?;
+            let differences = &report.differences;
+            for difference in differences {
                 println!("{difference}");
+            }
+            match report.signatures_checked {
+                Some(checked) => println!("verify: {checked} client signature(s) re-checked"),
+                None => println!(
+                    "verify: client signatures not re-checked: no deployment record (the MPE address \
+                     they are over is recorded by serve with a chain configured)"
+                ),
             }
             if differences.is_empty() {
                 println!("verify: log and projections agree");

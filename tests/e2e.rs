@@ -241,7 +241,12 @@ async fn the_readme_route_snet_cli_pays_through_the_ledger_and_the_treasurer_cla
     unclaimed.assert_success().assert_stdout_contains("# total_unclaimed_in_ASI(FET) = 0");
 
     drop(ledger);
-    verify(&world.db.owner_url).await.assert_success();
+    // serve recorded the deployment, so every client signature (two payments, one claim) is
+    // re-checked against the MPE address.
+    verify(&world.db.owner_url)
+        .await
+        .assert_success()
+        .assert_stdout_contains("verify: 3 client signature(s) re-checked");
 }
 
 /// snet-sdk with `PaidCallPaymentStrategy` and no channel of its own: it opens a channel of one

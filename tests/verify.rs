@@ -238,3 +238,91 @@ async fn a_log_with_claim_finished_events_from_before_claim_facts_verifies_and_f
     assert_eq!(report.channels, 3);
     assert_eq!(db.projections_snapshot().await, before);
 }
+
+/// The owning role can rewrite an event and recompute every hash link and projection after it, so
+/// that the log's own checks pass; it cannot sign for the client. Two real payments go through the
+/// gateway on ganache; the first one's signature is then replaced by one of another key over the
+/// same payment, the stream's hashes recomputed: only the signature re-check can name it.
+#[tokio::test]
+async fn verify_names_a_forged_signature_planted_with_the_hash_chain_recomputed() {
+    use common::ganache::Ganache;
+    use common::gateway::{PRICE, World};
+    use mpe_ledger::domain::{Event, StreamId};
+    use mpe_ledger::store::postgres::deployment;
+    use mpe_ledger::store::postgres::log::chain_links;
+
+    let ganache = Ganache::start().await;
+    let world = World::new(&ganache).await;
+    world.pay_successfully(0, PRICE).await;
+    world.pay_successfully(0, 2 * PRICE).await;
+    // As serve does at start-up.
+    deployment::record_mpe(&world.db.pool, world.mpe.eth_address()).await.unwrap();
+    let clean = mpe_ledger::store::verify::verify_report(&world.db.pool).await.unwrap();
+    assert_eq!((clean.differences, clean.signatures_checked), (vec![], Some(2)));
+
+    let stream = StreamId::Channel(world.channel);
+    let mut owner = world.db.owner().await;
+    let rows: Vec<(i64, String, serde_json::Value)> = sqlx::query_as(
+        "SELECT stream_version, event_type, payload FROM ledger.events WHERE stream = $1 ORDER BY stream_version",
+    )
+    .bind(stream.to_string())
+    .fetch_all(&mut owner)
+    .await
+    .unwrap();
+    let mut events: Vec<Event> =
+        rows.iter().map(|(_, event_type, payload)| Event::from_json(event_type, payload).unwrap()).collect();
+    let forged_version = rows.iter().position(|(_, t, _)| t == "payment_accepted").unwrap();
+    let stranger = ganache.account(5);
+    let forged = world.mpe.sign_payment(stranger, world.channel, 0, PRICE);
+    match &mut events[forged_version] {
+        Event::Channel(mpe_ledger::domain::ChannelEvent::PaymentAccepted { signature, .. }) => {
+            *signature = forged.clone()
+        }
+        other => panic!("not a payment: {other:?}"),
+    }
+    let links = chain_links(&stream, None, &events);
+    owner.execute("ALTER TABLE ledger.events DISABLE TRIGGER events_append_only").await.unwrap();
+    for ((version, _, _), (event, link)) in rows.iter().zip(events.iter().zip(&links)) {
+        sqlx::query(
+            "UPDATE ledger.events SET payload = $3, signature = $4, prev_hash = $5, hash = $6
+             WHERE stream = $1 AND stream_version = $2",
+        )
+        .bind(stream.to_string())
+        .bind(version)
+        .bind(event.to_json())
+        .bind(event.amount_columns().2.map(|s| s.as_bytes().to_vec()))
+        .bind(&link.prev_hash[..])
+        .bind(&link.hash[..])
+        .execute(&mut owner)
+        .await
+        .unwrap();
+    }
+    owner.execute("ALTER TABLE ledger.events ENABLE TRIGGER events_append_only").await.unwrap();
+    sqlx::query("UPDATE ledger.streams SET last_hash = $2 WHERE stream = $1")
+        .bind(stream.to_string())
+        .bind(&links.last().unwrap().hash[..])
+        .execute(&mut owner)
+        .await
+        .unwrap();
+    owner.close().await.unwrap();
+
+    let report = mpe_ledger::store::verify::verify_report(&world.db.pool).await.unwrap();
+    let named: Vec<String> = report.differences.iter().map(ToString::to_string).collect();
+    let channel_signer = mpe_ledger::domain::EthAddress(world.sender().address);
+    assert_eq!(
+        named,
+        vec![format!(
+            "stream {stream}: version {}: signature (forged): stored signed by {}, folded signed by the \
+             channel's signer {channel_signer} or sender {channel_signer}",
+            forged_version + 1,
+            mpe_ledger::domain::EthAddress(stranger.address),
+        )],
+        "only the signature check names the planted event"
+    );
+    // And the command says so and fails.
+    let output = ledger(&world.db, "verify");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("signature (forged)"), "{stdout}");
+    assert!(stdout.contains("verify: 2 client signature(s) re-checked"), "{stdout}");
+}

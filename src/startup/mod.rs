@@ -27,7 +27,7 @@ use crate::grpc::escrow_routes;
 use crate::grpc::paid_call::{GatewaySettings, PaidCallGateway};
 use crate::http::{HttpState, router};
 use crate::store::leases::PgLeases;
-use crate::store::postgres::PgLedger;
+use crate::store::postgres::{PgLedger, deployment};
 use crate::telemetry::Metrics;
 
 use cluster::supervisor::{self, ClusterHealth, ClusterMetrics};
@@ -97,7 +97,10 @@ pub async fn serve(settings: &DatabaseSettings, config: Config) -> anyhow::Resul
     }
     let metrics = Metrics::new();
     let escrow = match &config.chain {
-        Some(chain) => Some(Escrow::new(&database, &metrics, &config, chain)?),
+        Some(chain) => {
+            deployment::record_mpe(&database.pool, chain.mpe_address).await?;
+            Some(Escrow::new(&database, &metrics, &config, chain)?)
+        }
         None => {
             tracing::warn!(
                 "no chain settings: paid calls are refused until ethereum_rpc_url, mpe_address, group_id, payment_address, price and upstream are given"
@@ -120,10 +123,13 @@ pub async fn serve(settings: &DatabaseSettings, config: Config) -> anyhow::Resul
     let app = public_router(&database.pool, &metrics, &config, escrow.as_ref(), cluster_health)?;
     let watcher = escrow.as_ref().map(|escrow| tokio::spawn(watch_claims(escrow.claims.clone())));
     let head_block = escrow.as_ref().map(|escrow| tokio::spawn(watch_head_block(escrow.channels.clone())));
+    let chain_id = escrow
+        .as_ref()
+        .map(|escrow| tokio::spawn(record_chain_id(database.pool.clone(), escrow.channels.clone())));
     signals.listen_for_shutdown().context("installing the SIGINT and SIGTERM handlers")?;
     port.serve(app, signals).await;
     tracing::info!("shutting down");
-    for task in [watcher, head_block, supervisor].into_iter().flatten() {
+    for task in [watcher, head_block, chain_id, supervisor].into_iter().flatten() {
         task.abort();
     }
     if let Some(escrow) = &escrow {
@@ -198,6 +204,39 @@ async fn watch_claims(claims: Arc<ClaimService<EthChain>>) {
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "could not check claims against the chain"),
         }
+    }
+}
+
+/// How long to wait before asking the node for its chain id again.
+const CHAIN_ID_RETRY: Duration = Duration::from_secs(5);
+
+/// Records the node's chain id in the deployment record once the node answers (it may be down at
+/// start-up: payments on stored channels go on meanwhile). A node serving another chain than the
+/// recorded one is logged as an error on every try: the operator pointed the ledger at the wrong
+/// network.
+async fn record_chain_id(pool: PgPool, channels: Arc<ChannelSource<EthChain>>) {
+    use crate::chain::ChainReader;
+    let mut logged = false;
+    loop {
+        let failure = match channels.chain().chain_id().await {
+            Err(error) => error.to_string(),
+            Ok(id) => match deployment::record_chain_id(&pool, id).await {
+                Ok(()) => {
+                    tracing::info!(chain_id = id, "deployment recorded");
+                    return;
+                }
+                Err(error @ deployment::DeploymentError::OtherChain { .. }) => {
+                    tracing::error!(%error, "the deployment record disagrees with the node");
+                    String::new()
+                }
+                Err(error) => error.to_string(),
+            },
+        };
+        if !failure.is_empty() && !logged {
+            logged = true;
+            tracing::warn!(error = %failure, "cannot record the chain id yet; retrying");
+        }
+        tokio::time::sleep(CHAIN_ID_RETRY).await;
     }
 }
 

@@ -4,6 +4,12 @@
 //! stream's hash chain and version sequence, refolds every stream, and names each difference (stream,
 //! field, stored value, folded value). `rebuild` recreates the projections from the log in one
 //! serializable transaction. Both hold the folded projections in memory.
+//!
+//! `verify` also re-checks every client signature against the channel's signer or sender
+//! ([`signatures`], on every core), when the database has a deployment record (the MPE address the
+//! signatures are over); `rebuild` does not.
+
+mod signatures;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -14,10 +20,13 @@ use sqlx::{Acquire, PgConnection, PgPool};
 
 use crate::domain::event::{GENESIS_HASH, chain_hash};
 use crate::domain::fold::apply;
-use crate::domain::{ChannelId, ChannelProjection, Event, KvEvent, StreamId};
+use crate::domain::{ChannelEvent, ChannelId, ChannelProjection, Event, KvEvent, StreamId};
+
+use signatures::{SignatureCheck, SignedEvent};
 
 use super::StoreError;
 use super::postgres::channels::{ChannelRow, ClaimRow, channel_rows, claim_rows, write_projection};
+use super::postgres::deployment;
 use super::postgres::log::StreamHead;
 use super::retry::{StoreMetrics, serializable};
 
@@ -88,7 +97,11 @@ fn opt<T: fmt::Display>(value: Option<T>) -> String {
 /// within a stream, position order is version order, because a stream's next event is inserted only
 /// after its previous one committed (the head's compare-and-swap), and positions are handed out at
 /// insert time.
-async fn fold_log(conn: &mut PgConnection, differences: &mut Vec<Difference>) -> Result<Folded, StoreError> {
+async fn fold_log(
+    conn: &mut PgConnection,
+    differences: &mut Vec<Difference>,
+    mut signatures: Option<&mut SignatureCheck>,
+) -> Result<Folded, StoreError> {
     let mut folded = Folded::default();
     let mut rows = sqlx::query_as!(
         StoredEvent,
@@ -152,6 +165,22 @@ async fn fold_log(conn: &mut PgConnection, differences: &mut Vec<Difference>) ->
         check_columns(differences, name, version, &stream, &row, &event);
         head.version = version;
         head.last_hash = row.hash.as_slice().try_into().unwrap_or(recomputed);
+        if let (Some(checking), StreamId::Channel(id), Some(before), Event::Channel(event)) =
+            (signatures.as_deref_mut(), &stream, channel.as_ref(), &event)
+            && let ChannelEvent::PaymentAccepted { nonce, amount, signature }
+            | ChannelEvent::ClaimStarted { nonce, amount, signature } = event
+        {
+            checking.push(SignedEvent {
+                stream: name.clone(),
+                version,
+                channel_id: *id,
+                nonce: *nonce,
+                amount: *amount,
+                signature: signature.clone(),
+                signer: before.channel.signer,
+                sender: before.channel.sender,
+            });
+        }
         match (&stream, event) {
             (StreamId::Channel(id), Event::Channel(event)) => match apply(*id, channel.take(), &event) {
                 Ok(next) => *channel = Some(next),
@@ -237,18 +266,39 @@ fn check_columns(
     }
 }
 
+/// What `verify` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Every disagreement, the forged signatures included; empty when all agree.
+    pub differences: Vec<Difference>,
+    pub events: u64,
+    /// Signatures re-checked; `None` when there is no deployment record to check them against.
+    pub signatures_checked: Option<u64>,
+}
+
 /// Checks the log and the projections; an empty list means they agree.
 pub async fn verify(pool: &PgPool) -> Result<Vec<Difference>, StoreError> {
+    Ok(verify_report(pool).await?.differences)
+}
+
+/// [`verify`], with what was checked.
+pub async fn verify_report(pool: &PgPool) -> Result<VerifyReport, StoreError> {
     let mut conn = pool.acquire().await?;
     let mut tx = conn.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
     let mut differences = Vec::new();
-    let folded = fold_log(&mut tx, &mut differences).await?;
+    let mut checking = deployment::read(&mut tx).await?.map(|d| SignatureCheck::start(d.mpe_address));
+    let folded = fold_log(&mut tx, &mut differences, checking.as_mut()).await?;
+    let signatures_checked = checking.map(|checking| {
+        let (checked, forged) = checking.finish();
+        differences.extend(forged);
+        checked
+    });
     compare_heads(&mut tx, &folded, &mut differences).await?;
     compare_kv(&mut tx, &folded, &mut differences).await?;
     compare_channels(&mut tx, &folded, &mut differences).await?;
     tx.commit().await?;
-    Ok(differences)
+    Ok(VerifyReport { differences, events: folded.events, signatures_checked })
 }
 
 async fn compare_heads(
@@ -391,7 +441,7 @@ pub async fn rebuild(pool: &PgPool, metrics: &Arc<StoreMetrics>) -> Result<Rebui
     serializable(pool, metrics, "rebuild", |mut tx| {
         Box::pin(async move {
             let mut differences = Vec::new();
-            let folded = fold_log(&mut tx, &mut differences).await?;
+            let folded = fold_log(&mut tx, &mut differences, None).await?;
             if let Some(first) = differences.first() {
                 return Err(StoreError::CorruptLog {
                     stream: first.stream.clone(),

@@ -8,6 +8,7 @@
 pub mod batch;
 mod channel_write;
 pub mod channels;
+pub mod deployment;
 pub mod kv;
 pub mod ledger;
 pub mod log;
