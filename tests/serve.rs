@@ -12,12 +12,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::cluster::StopClusterOnDrop;
+use common::ledger::http_get as get;
 use mpe_ledger::startup::cluster::{DATABASE_NAME, EmbeddedCluster, is_running};
 use mpe_ledger::store::AtomicStorage;
 use mpe_ledger::store::postgres::{PgAtomicStorage, connect};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -59,19 +59,6 @@ fn start_serve(data_dir: &Path, port: u16) -> Serve {
             .spawn()
             .expect("start mpe-ledger serve"),
     )
-}
-
-/// A plain HTTP/1.1 GET: status code and body.
-async fn get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
-        .await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
-    Ok((status, body))
 }
 
 async fn wait_healthy(port: u16, child: &mut Serve) {
