@@ -6,10 +6,9 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::cluster::StopClusterOnDrop;
+use common::cluster::{StopClusterOnDrop, kill_postmaster, postmaster_pid};
 use common::e2e::event_count;
 use common::ganache::{Ganache, Mpe};
 use common::gateway::{OK, RawClient, payment_metadata};
@@ -17,8 +16,6 @@ use common::ledger::{Ledger, LedgerSettings, http_get, verify};
 use common::upstream::{ECHO, Upstream};
 use mpe_ledger::domain::ChannelId;
 use mpe_ledger::startup::cluster::{DATABASE_NAME, EmbeddedCluster, is_running};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 
 const GROUP_ID: [u8; 32] = [9; 32];
 const CLIENT: usize = 1;
@@ -29,11 +26,6 @@ const PRICE: u64 = 10;
 const HEALTHZ_ANSWER_BOUND: Duration = Duration::from_secs(1);
 /// How long `serve` may take to have its database back after the postmaster was killed.
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(90);
-
-fn postmaster_pid(data_dir: &Path) -> Option<i32> {
-    let content = std::fs::read_to_string(data_dir.join("pgdata/postmaster.pid")).ok()?;
-    content.lines().next()?.trim().parse().ok()
-}
 
 async fn paid_call(
     ledger: &Ledger,
@@ -78,8 +70,7 @@ async fn serve_restarts_its_embedded_postgres_after_a_kill_9_and_paid_calls_resu
     assert_eq!(http_get(ledger.port, "/readyz").await.unwrap(), (200, "ready\n".to_owned()));
     assert_eq!(paid_call(&ledger, &mpe, &ganache, channel, PRICE).await, OK);
 
-    let killed = postmaster_pid(guard.root()).expect("the postmaster's pid");
-    kill(Pid::from_raw(killed), Signal::SIGKILL).unwrap();
+    let killed = kill_postmaster(guard.root());
 
     // Every answer comes within the bound, and one that is not `ok` says what is wrong.
     let deadline = Instant::now() + RECOVERY_TIMEOUT;

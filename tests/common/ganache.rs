@@ -113,6 +113,13 @@ impl Account {
     }
 }
 
+/// [`Mpe::sign_payment`] knowing only the contract's address (for tasks that outlive the chain's
+/// borrow).
+pub fn sign_payment(mpe: &EthAddress, signer: &Account, id: ChannelId, nonce: u64, amount: u64) -> Signature {
+    let message = payment_message(mpe, id, Nonce::from(nonce), Amount::from(amount));
+    sign(&message, &signer.key.0)
+}
+
 /// A ganache node (`net_version` = chain id) on a free local port, killed when dropped.
 #[derive(Debug)]
 pub struct Ganache {
@@ -350,8 +357,7 @@ impl<'a> Mpe<'a> {
     /// A payment signed the way the clients sign it: personal sign of the keccak of the 135-byte
     /// `__MPE_claim_message` preimage.
     pub fn sign_payment(&self, signer: &Account, id: ChannelId, nonce: u64, amount: u64) -> Signature {
-        let message = payment_message(&self.eth_address(), id, Nonce::from(nonce), Amount::from(amount));
-        sign(&message, &signer.key.0)
+        sign_payment(&self.eth_address(), signer, id, nonce, amount)
     }
 
     /// `channelClaim` from the recipient; `v` is normalised to 27/28 as snet-cli does.

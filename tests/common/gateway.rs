@@ -402,8 +402,19 @@ pub fn payment_metadata(
     nonce: u64,
     amount: u64,
 ) -> Metadata {
-    let signature = mpe.sign_payment(signer, channel, nonce, amount);
-    let mpe_address: EthAddress = mpe.eth_address();
+    payment_metadata_of(mpe.eth_address(), signer, channel, nonce, amount)
+}
+
+/// [`payment_metadata`] knowing only the contract's address (for tasks that outlive the chain's
+/// borrow).
+pub fn payment_metadata_of(
+    mpe_address: EthAddress,
+    signer: &Account,
+    channel: ChannelId,
+    nonce: u64,
+    amount: u64,
+) -> Metadata {
+    let signature = super::ganache::sign_payment(&mpe_address, signer, channel, nonce, amount);
     [
         ("snet-payment-type", "escrow".to_owned()),
         ("snet-payment-channel-id", channel.to_string()),

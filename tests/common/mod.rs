@@ -14,6 +14,7 @@ pub mod escrow_world;
 pub mod ganache;
 pub mod gateway;
 pub mod ledger;
+pub mod paying;
 pub mod pg_proxy;
 pub mod tls;
 pub mod upstream;
