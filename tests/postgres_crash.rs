@@ -11,10 +11,9 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::cluster::{StopClusterOnDrop, kill_postmaster, postmaster_pid, wait_accepting};
+use common::cluster::{StopClusterOnDrop, kill_postmaster, postmaster_pid, start_again, wait_accepting};
 use common::ganache::{Ganache, Mpe};
 use common::ledger::{Ledger, LedgerSettings, verify};
 use common::paying::{
@@ -209,25 +208,6 @@ async fn a_kill_9_of_the_embedded_postgres_under_paid_calls_loses_no_acknowledge
     assert!(ledger.stop(), "serve stops gracefully:\n{}", ledger.log());
 }
 
-/// Starts the cluster in `root` again after its postmaster was killed, as an operator (or systemd)
-/// would, retrying while the killed server's backends still hold its shared memory.
-async fn restart_external(root: &Path, port: u16) -> EmbeddedCluster {
-    let deadline = Instant::now() + POSTGRES_BACK_TIMEOUT;
-    loop {
-        match EmbeddedCluster::ensure_running(root).await {
-            Ok(cluster) => {
-                assert_eq!(cluster.port(), port, "Postgres is back on the port of DATABASE_URL");
-                return cluster;
-            }
-            Err(error) if Instant::now() < deadline => {
-                println!("starting Postgres again: {error}");
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            Err(error) => panic!("Postgres does not start again: {error}"),
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_9_of_an_external_postgres_under_paid_calls_loses_no_acknowledged_payment() {
     let ganache = Ganache::start().await;
@@ -245,7 +225,7 @@ async fn a_kill_9_of_an_external_postgres_under_paid_calls_loses_no_acknowledged
         kill_postmaster(guard.root());
         let killed = Instant::now();
         tokio::time::sleep(EXTERNAL_OUTAGE).await;
-        restart_external(guard.root(), cluster.port()).await;
+        start_again(guard.root(), cluster.port(), POSTGRES_BACK_TIMEOUT).await;
         let back = wait_accepting(&url, POSTGRES_BACK_TIMEOUT).await.expect("Postgres answers");
         Outage { killed, back }
     })

@@ -1,11 +1,11 @@
 //! Embedded clusters that tests start in temporary data roots, what stops them when a test fails
 //! half-way (a postgres must never outlive its deleted tempdir), and what tests do to them: read the
-//! postmaster's pid, kill it with SIGKILL, wait until Postgres answers again.
+//! postmaster's pid, kill it with SIGKILL, start it again, wait until it answers.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use mpe_ledger::startup::cluster::stop_blocking_in;
+use mpe_ledger::startup::cluster::{EmbeddedCluster, stop_blocking_in};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use sqlx::Connection;
@@ -57,4 +57,24 @@ pub async fn wait_accepting(url: &str, timeout: Duration) -> Option<Instant> {
         tokio::time::sleep(ACCEPTING_POLL).await;
     }
     None
+}
+
+/// Starts the cluster in `data_root` again after its postmaster was killed, as an operator (or
+/// systemd) would, retrying while the killed server's backends still hold its shared memory;
+/// panics after `timeout`, or when it comes back on another port than `port`.
+pub async fn start_again(data_root: &Path, port: u16, timeout: Duration) -> EmbeddedCluster {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match EmbeddedCluster::ensure_running(data_root).await {
+            Ok(cluster) => {
+                assert_eq!(cluster.port(), port, "Postgres is back on its port");
+                return cluster;
+            }
+            Err(error) if Instant::now() < deadline => {
+                println!("starting Postgres again: {error}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(error) => panic!("Postgres does not start again: {error}"),
+        }
+    }
 }
