@@ -5,7 +5,11 @@
 //!
 //! Armed with [`PgProxy::lose_next_commit_reply`], the proxy forwards the next simple-query `COMMIT`
 //! of any connection to the server, lets the server answer, throws the answer away and closes both
-//! sides of that connection. Everything else is relayed byte for byte.
+//! sides of that connection. Armed with [`PgProxy::hold_next_commit`], it keeps the next `COMMIT`
+//! from the server and relays nothing more on that connection, in either direction, until
+//! [`PgProxy::release_held`] closes both sides: the client's COMMIT is in flight for as long as the
+//! test wants (a crash meanwhile is a crash before the server saw it). Everything else is relayed
+//! byte for byte.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -13,6 +17,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 /// A simple-query message `Q`, its length (4 + "COMMIT\0"), "COMMIT\0".
@@ -22,6 +27,10 @@ const COMMIT_QUERY: &[u8] = b"Q\x00\x00\x00\x0bCOMMIT\x00";
 struct Faults {
     armed: AtomicBool,
     cut: AtomicUsize,
+    hold_armed: AtomicBool,
+    held: AtomicUsize,
+    release: Notify,
+    released: AtomicBool,
 }
 
 pub struct PgProxy {
@@ -75,6 +84,34 @@ impl PgProxy {
     pub fn lost_commit_replies(&self) -> usize {
         self.faults.cut.load(Ordering::SeqCst)
     }
+
+    /// The next COMMIT is held back from the server (module doc).
+    pub fn hold_next_commit(&self) {
+        self.faults.hold_armed.store(true, Ordering::SeqCst);
+    }
+
+    /// How many COMMITs are held back now.
+    pub fn held_commits(&self) -> usize {
+        self.faults.held.load(Ordering::SeqCst)
+    }
+
+    /// Closes the connections whose COMMIT is held, without sending it (once: a COMMIT held after
+    /// this is released at once).
+    pub fn release_held(&self) {
+        self.faults.released.store(true, Ordering::SeqCst);
+        self.faults.release.notify_waiters();
+    }
+}
+
+/// Waits until [`PgProxy::release_held`] was called.
+async fn until_released(faults: &Faults) {
+    loop {
+        let released = faults.release.notified();
+        if faults.released.load(Ordering::SeqCst) {
+            return;
+        }
+        released.await;
+    }
 }
 
 async fn relay(client: TcpStream, server: TcpStream, faults: Arc<Faults>) {
@@ -82,6 +119,9 @@ async fn relay(client: TcpStream, server: TcpStream, faults: Arc<Faults>) {
     let (mut server_read, mut server_write) = server.into_split();
     let cut = Arc::new(AtomicBool::new(false));
     let cutting = cut.clone();
+    let held = Arc::new(AtomicBool::new(false));
+    let holding = held.clone();
+    let downstream_faults = faults.clone();
     let upstream = async move {
         let mut buffer = vec![0u8; 64 * 1024];
         loop {
@@ -90,9 +130,15 @@ async fn relay(client: TcpStream, server: TcpStream, faults: Arc<Faults>) {
                 Ok(n) => n,
             };
             let chunk = &buffer[..n];
-            if chunk.windows(COMMIT_QUERY.len()).any(|w| w == COMMIT_QUERY)
-                && faults.armed.swap(false, Ordering::SeqCst)
-            {
+            let commit = chunk.windows(COMMIT_QUERY.len()).any(|w| w == COMMIT_QUERY);
+            if commit && faults.hold_armed.swap(false, Ordering::SeqCst) {
+                holding.store(true, Ordering::SeqCst);
+                faults.held.fetch_add(1, Ordering::SeqCst);
+                until_released(&faults).await;
+                faults.held.fetch_sub(1, Ordering::SeqCst);
+                return;
+            }
+            if commit && faults.armed.swap(false, Ordering::SeqCst) {
                 cutting.store(true, Ordering::SeqCst);
                 faults.cut.fetch_add(1, Ordering::SeqCst);
             }
@@ -104,7 +150,13 @@ async fn relay(client: TcpStream, server: TcpStream, faults: Arc<Faults>) {
     let downstream = async move {
         let mut buffer = vec![0u8; 64 * 1024];
         loop {
-            let n = match server_read.read(&mut buffer).await {
+            let read = server_read.read(&mut buffer).await;
+            if held.load(Ordering::SeqCst) {
+                // What the server says or does (its backend dying, say) waits with the held COMMIT.
+                until_released(&downstream_faults).await;
+                return;
+            }
+            let n = match read {
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };

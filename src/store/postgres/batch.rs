@@ -14,8 +14,9 @@
 //! - **Money writes stay SERIALIZABLE**: the batch is one serializable transaction
 //!   (`Begin::PointLookups`: every lookup is on a channel's unique key, so payments on different
 //!   channels do not conflict); a serialization failure retries the whole batch until the earliest
-//!   deadline of its payments, a COMMIT whose acknowledgement was lost is resolved by asking the
-//!   server what became of the transaction (`pg_xact_status`), as for a single commit.
+//!   deadline of its payments, a COMMIT whose acknowledgement was lost is resolved by looking for
+//!   what the transaction wrote in the log (`ledger::earlier_attempt_committed`), as for a single
+//!   commit.
 //! - **Each channel's outcome is independent**: a payment whose state moved on or whose lease was
 //!   lost is simply not written by the batch, and is handed back to its caller as `NotApplied`; the
 //!   caller then commits it alone (`PgLedger::commit_with`), which reads the channel and answers
@@ -36,6 +37,7 @@ use crate::domain::{ChannelId, ChannelProjection, Event, StreamId};
 use crate::store::StoreError;
 use crate::store::retry::{Begin, Retry, StoreMetrics, serializable_with};
 
+use super::ledger::{Attempt, earlier_attempt_committed};
 use super::log::{ChainLink, StreamHead, chain_links, version_to_db};
 
 /// Committer tasks. One is fastest here (`cargo bench --bench ledger`, quick mode, 16 clients: 1
@@ -193,7 +195,7 @@ async fn write_batch(
     deadline: Instant,
 ) -> Result<HashSet<String>, StoreError> {
     let arrays = &Arrays::of(commits);
-    let in_doubt: &Mutex<Option<(String, HashSet<String>)>> = &Mutex::new(None);
+    let in_doubt: &Mutex<Option<(Attempt, HashSet<String>)>> = &Mutex::new(None);
     serializable_with(
         pool,
         metrics,
@@ -203,13 +205,22 @@ async fn write_batch(
         |mut tx| {
             Box::pin(async move {
                 let earlier = in_doubt.lock().unwrap_or_else(|p| p.into_inner()).take();
-                if let Some((transaction_id, moved)) = earlier
-                    && super::ledger::earlier_attempt_committed(&mut tx, &transaction_id).await?
+                if let Some((attempt, moved)) = earlier
+                    && earlier_attempt_committed(&mut tx, &attempt).await?
                 {
                     return Ok((tx, moved));
                 }
                 let (moved, transaction_id) = arrays.write(&mut tx).await?;
-                *in_doubt.lock().unwrap_or_else(|p| p.into_inner()) = Some((transaction_id, moved.clone()));
+                // One stream's head witnesses the whole transaction; a batch that moved none
+                // wrote nothing, and writing it again is the same.
+                let witness = commits.iter().find(|commit| moved.contains(&commit.stream().to_string()));
+                if let Some(commit) = witness
+                    && let Some(last) = commit.links().last()
+                {
+                    let head = StreamHead { version: last.version, last_hash: last.hash };
+                    let attempt = Attempt { transaction_id, stream: commit.stream().to_string(), head };
+                    *in_doubt.lock().unwrap_or_else(|p| p.into_inner()) = Some((attempt, moved.clone()));
+                }
                 Ok((tx, moved))
             })
         },

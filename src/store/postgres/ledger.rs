@@ -9,8 +9,9 @@
 //!   authorisation the answer is `AlreadyRecorded`; another signer is `ConflictingPayment`; without
 //!   a lease, a stale version makes the log be searched for the payment. A commit retried after its
 //!   first attempt committed unacknowledged (which deleted the lease and moved the version) is
-//!   resolved by asking the server what became of that attempt's transaction (`pg_xact_status`),
-//!   never guessed. With a lease, finding the same payment in the
+//!   resolved by what the server recorded: the last event that attempt wrote is in the log, written
+//!   by that attempt's transaction ([`earlier_attempt_committed`]), never guessed. With a lease,
+//!   finding the same payment in the
 //!   log is not enough: after this lease expired, the same signed payment may have paid for another
 //!   call, and this call gets "lost its lease".
 //! - **No false conflicts between channels.** Every read and write of the commit is a lookup on the
@@ -41,7 +42,7 @@ use crate::store::retry::{Begin, Retry, StoreMetrics, serializable_with};
 use super::batch::{BatchOutcome, BatchedCommit, CommitBatcher};
 use super::channel_write::{append_channel_events, read_current};
 use super::channels::{channel_rows, claim_rows, load_projection, write_claims};
-use super::log::StreamHead;
+use super::log::{StreamHead, version_to_db};
 
 /// Who signed a payment being committed: what makes a retried commit recognisable.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -192,22 +193,22 @@ impl PgLedger {
         retry: Retry,
     ) -> Result<CommitOutcome, CommitError> {
         let commit = &commit;
-        // The transaction id and outcome of the last attempt that wrote: if its COMMIT went
-        // unacknowledged, the next attempt asks the server what became of it.
-        let in_doubt: &Mutex<Option<(String, CommitOutcome)>> = &Mutex::new(None);
+        // What the last attempt that wrote wrote, and its outcome: if its COMMIT went
+        // unacknowledged, the next attempt looks for it in the log.
+        let in_doubt: &Mutex<Option<(Attempt, CommitOutcome)>> = &Mutex::new(None);
         serializable_with(&self.pool, &self.metrics, "ledger.commit", Begin::PointLookups, retry, |mut tx| {
             Box::pin(async move {
                 let earlier = in_doubt.lock().unwrap_or_else(|p| p.into_inner()).take();
-                if let Some((transaction_id, outcome)) = earlier
-                    && earlier_attempt_committed(&mut tx, &transaction_id).await?
+                if let Some((attempt, outcome)) = earlier
+                    && earlier_attempt_committed(&mut tx, &attempt).await?
                 {
                     return Ok((tx, Ok(outcome)));
                 }
                 match commit_in(&mut tx, commit).await {
-                    Ok((outcome, written_by)) => {
-                        if let Some(transaction_id) = written_by {
+                    Ok((outcome, written)) => {
+                        if let Some(attempt) = written {
                             *in_doubt.lock().unwrap_or_else(|p| p.into_inner()) =
-                                Some((transaction_id, outcome.clone()));
+                                Some((attempt, outcome.clone()));
                         }
                         Ok((tx, Ok(outcome)))
                     }
@@ -221,32 +222,59 @@ impl PgLedger {
     }
 }
 
-/// Whether the transaction `transaction_id` committed (`pg_xact_status`). One still in progress
-/// (the server has not yet noticed that its connection died) is asked again after a pause, as a
-/// connection failure.
+/// A commit attempt that wrote: its transaction, and the last event it appended (stream and head).
+#[derive(Debug, Clone)]
+pub(super) struct Attempt {
+    pub transaction_id: String,
+    pub stream: String,
+    pub head: StreamHead,
+}
+
+/// Whether the attempt committed: the last event it wrote is in the log, with its hash, written by
+/// its transaction (`xmin`). The transaction's status alone (`pg_xact_status`) is not enough: after
+/// a crash, Postgres hands out again the ids of transactions whose WAL it lost, so the id of an
+/// attempt lost in the crash soon names another transaction, which may have committed
+/// (`tests/commit_after_crash.rs`). An attempt not found whose transaction is still in progress
+/// (the server has not yet noticed that its connection died) is asked about again after a pause,
+/// as a connection failure; one not found otherwise did not commit, and is written again.
 pub(super) async fn earlier_attempt_committed(
     conn: &mut PgConnection,
-    transaction_id: &str,
+    attempt: &Attempt,
 ) -> Result<bool, StoreError> {
-    let status = sqlx::query_scalar!("SELECT pg_xact_status($1::text::xid8)", transaction_id)
-        .fetch_one(&mut *conn)
-        .await?;
-    tracing::warn!(transaction_id, ?status, "the last commit attempt was not acknowledged");
-    match status.as_deref() {
-        Some("committed") => Ok(true),
+    let transaction_id = attempt.transaction_id.as_str();
+    // An id at or past the snapshot's xmax was lost in a crash and not yet handed out again:
+    // pg_xact_status would refuse it ("in the future").
+    let row = sqlx::query!(
+        r#"SELECT CASE WHEN $1::text::xid8 < pg_snapshot_xmax(pg_current_snapshot())
+                       THEN pg_xact_status($1::text::xid8) END AS status,
+                  EXISTS (SELECT 1 FROM ledger.events
+                          WHERE stream = $2 AND stream_version = $3 AND hash = $4
+                            AND xmin = $1::text::xid8::xid) AS "written!""#,
+        transaction_id,
+        attempt.stream,
+        version_to_db(attempt.head.version),
+        &attempt.head.last_hash[..],
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    tracing::warn!(transaction_id, status = ?row.status, written = row.written, "the last commit attempt was not acknowledged");
+    if row.written {
+        return Ok(true);
+    }
+    match row.status.as_deref() {
         Some("in progress") => Err(StoreError::Database(sqlx::Error::Protocol(format!(
             "transaction {transaction_id} of an unacknowledged commit is still in progress"
         )))),
-        // Aborted, or too old to be known (cannot happen within a lease's lifetime): write again.
+        // Aborted, lost in a crash, or its id reused by another transaction: write again.
         _ => Ok(false),
     }
 }
 
-/// One attempt; with the transaction id when it wrote (for an unacknowledged COMMIT).
+/// One attempt; with what it wrote when it wrote (for an unacknowledged COMMIT).
 async fn commit_in(
     conn: &mut PgConnection,
     commit: &ChannelCommit<'_>,
-) -> Result<(CommitOutcome, Option<String>), CommitError> {
+) -> Result<(CommitOutcome, Option<Attempt>), CommitError> {
     let channel_id = commit.channel_id;
     let stream = StreamId::Channel(channel_id);
     let needs_claims = commit.events.iter().any(ChannelEvent::changes_claims);
@@ -288,7 +316,8 @@ async fn commit_in(
     if needs_claims {
         write_claims(conn, before.as_ref(), &after).await?;
     }
-    Ok((CommitOutcome::Recorded { version: head.version }, Some(transaction_id)))
+    let attempt = Attempt { transaction_id, stream: stream.to_string(), head };
+    Ok((CommitOutcome::Recorded { version: head.version }, Some(attempt)))
 }
 
 async fn release(conn: &mut PgConnection, lease: Option<&Lease>) -> Result<(), CommitError> {
