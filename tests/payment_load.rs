@@ -3,7 +3,7 @@
 //! `commit`):
 //! - payments on different channels never make each other retry (no false SSI conflicts);
 //! - a served call whose COMMIT acknowledgement is lost is recorded exactly once, and the client is
-//!   told it is recorded.
+//!   told it is recorded, even when the question that resolves it is lost too.
 
 mod common;
 
@@ -153,17 +153,23 @@ async fn payments_on_different_channels_never_make_each_other_retry() {
     assert!(verify(&world.db.pool).await.unwrap().is_empty(), "the log verifies");
 }
 
+/// A payment service whose money goes through a [`PgProxy`] (leases straight to the server).
+async fn through_proxy(world: &World<'_>) -> (PgProxy, PaymentService<EthChain>, Arc<StoreMetrics>) {
+    let port: u16 =
+        world.db.owner_url.rsplit_once(':').unwrap().1.split('/').next().unwrap().parse().unwrap();
+    let proxy = PgProxy::start(port).await;
+    let pool = postgres::connect(&proxy.url(&world.db.owner_url), 4).await.unwrap();
+    let metrics = Arc::new(StoreMetrics::unregistered());
+    let payments = world.payments(&pool, &metrics);
+    (proxy, payments, metrics)
+}
+
 #[tokio::test]
 async fn a_served_call_whose_commit_acknowledgement_is_lost_is_recorded_once() {
     let ganache = Ganache::start().await;
     let world = World::new(&ganache, 1).await;
     let channel = world.channels[0];
-    let port: u16 =
-        world.db.owner_url.rsplit_once(':').unwrap().1.split('/').next().unwrap().parse().unwrap();
-    let proxy = PgProxy::start(port).await;
-    let through_proxy = postgres::connect(&proxy.url(&world.db.owner_url), 4).await.unwrap();
-    let metrics = Arc::new(StoreMetrics::unregistered());
-    let payments = world.payments(&through_proxy, &metrics);
+    let (proxy, payments, metrics) = through_proxy(&world).await;
     pay(&payments, world.payment(channel, 1)).await;
     let before = world.payment_events().await;
 
@@ -181,5 +187,29 @@ async fn a_served_call_whose_commit_acknowledgement_is_lost_is_recorded_once() {
     // The channel goes on: the next payment is taken.
     pay(&payments, world.payment(channel, 3)).await;
     assert_eq!(world.payment_events().await, before + 2);
+    assert!(verify(&world.db.pool).await.unwrap().is_empty(), "the log verifies");
+}
+
+#[tokio::test]
+async fn a_served_call_whose_commit_acknowledgement_and_the_question_after_it_are_lost_is_answered_recorded()
+{
+    let ganache = Ganache::start().await;
+    let world = World::new(&ganache, 1).await;
+    let channel = world.channels[0];
+    let (proxy, payments, metrics) = through_proxy(&world).await;
+    pay(&payments, world.payment(channel, 1)).await;
+    let before = world.payment_events().await;
+
+    let transaction = payments.start(world.payment(channel, 2), METHOD).await.unwrap();
+    proxy.lose_next_commit_reply();
+    // The retry's question about the first attempt (its statement's text, as it is parsed) is
+    // lost too: the next attempt must ask again, not forget that the first may have committed.
+    proxy.cut_next_message_containing(b"pg_xact_status");
+    let outcome = payments.commit(transaction).await;
+
+    assert_eq!((proxy.lost_commit_replies(), proxy.cut_messages()), (1, 1), "both faults happened");
+    assert!(outcome.is_ok(), "a recorded payment is answered as recorded: {outcome:?}");
+    assert_eq!(metrics.connection_retries.with_label_values(&["ledger.commit_batch"]).get(), 2);
+    assert_eq!(world.payment_events().await, before + 1, "recorded exactly once");
     assert!(verify(&world.db.pool).await.unwrap().is_empty(), "the log verifies");
 }

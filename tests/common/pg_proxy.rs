@@ -8,8 +8,10 @@
 //! sides of that connection. Armed with [`PgProxy::hold_next_commit`], it keeps the next `COMMIT`
 //! from the server and relays nothing more on that connection, in either direction, until
 //! [`PgProxy::release_held`] closes both sides: the client's COMMIT is in flight for as long as the
-//! test wants (a crash meanwhile is a crash before the server saw it). Everything else is relayed
-//! byte for byte.
+//! test wants (a crash meanwhile is a crash before the server saw it). Armed with
+//! [`PgProxy::cut_next_message_containing`], it closes the connection that sends the next message
+//! holding those bytes (a statement's text, when it is parsed), without sending it. Everything else
+//! is relayed byte for byte.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -31,6 +33,8 @@ struct Faults {
     held: AtomicUsize,
     release: Notify,
     released: AtomicBool,
+    cut_on: std::sync::Mutex<Option<&'static [u8]>>,
+    cut_messages: AtomicUsize,
 }
 
 pub struct PgProxy {
@@ -85,6 +89,16 @@ impl PgProxy {
         self.faults.cut.load(Ordering::SeqCst)
     }
 
+    /// The connection that next sends a message holding `bytes` is closed instead (module doc).
+    pub fn cut_next_message_containing(&self, bytes: &'static [u8]) {
+        *self.faults.cut_on.lock().unwrap() = Some(bytes);
+    }
+
+    /// How many connections [`Self::cut_next_message_containing`] closed so far.
+    pub fn cut_messages(&self) -> usize {
+        self.faults.cut_messages.load(Ordering::SeqCst)
+    }
+
     /// The next COMMIT is held back from the server (module doc).
     pub fn hold_next_commit(&self) {
         self.faults.hold_armed.store(true, Ordering::SeqCst);
@@ -130,6 +144,14 @@ async fn relay(client: TcpStream, server: TcpStream, faults: Arc<Faults>) {
                 Ok(n) => n,
             };
             let chunk = &buffer[..n];
+            {
+                let mut cut_on = faults.cut_on.lock().unwrap();
+                if cut_on.is_some_and(|bytes| chunk.windows(bytes.len()).any(|w| w == bytes)) {
+                    *cut_on = None;
+                    faults.cut_messages.fetch_add(1, Ordering::SeqCst);
+                    return;
+                }
+            }
             let commit = chunk.windows(COMMIT_QUERY.len()).any(|w| w == COMMIT_QUERY);
             if commit && faults.hold_armed.swap(false, Ordering::SeqCst) {
                 holding.store(true, Ordering::SeqCst);

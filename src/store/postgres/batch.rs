@@ -204,11 +204,13 @@ async fn write_batch(
         Retry::Until(deadline),
         |mut tx| {
             Box::pin(async move {
-                let earlier = in_doubt.lock().unwrap_or_else(|p| p.into_inner()).take();
-                if let Some((attempt, moved)) = earlier
-                    && earlier_attempt_committed(&mut tx, &attempt).await?
-                {
-                    return Ok((tx, moved));
+                // Forgotten only once answered: a question lost with its connection is asked again.
+                let earlier = in_doubt.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                if let Some((attempt, moved)) = earlier {
+                    if earlier_attempt_committed(&mut tx, &attempt).await? {
+                        return Ok((tx, moved));
+                    }
+                    *in_doubt.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 }
                 let (moved, transaction_id) = arrays.write(&mut tx).await?;
                 // One stream's head witnesses the whole transaction; a batch that moved none

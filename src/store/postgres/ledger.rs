@@ -198,11 +198,13 @@ impl PgLedger {
         let in_doubt: &Mutex<Option<(Attempt, CommitOutcome)>> = &Mutex::new(None);
         serializable_with(&self.pool, &self.metrics, "ledger.commit", Begin::PointLookups, retry, |mut tx| {
             Box::pin(async move {
-                let earlier = in_doubt.lock().unwrap_or_else(|p| p.into_inner()).take();
-                if let Some((attempt, outcome)) = earlier
-                    && earlier_attempt_committed(&mut tx, &attempt).await?
-                {
-                    return Ok((tx, Ok(outcome)));
+                // Forgotten only once answered: a question lost with its connection is asked again.
+                let earlier = in_doubt.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                if let Some((attempt, outcome)) = earlier {
+                    if earlier_attempt_committed(&mut tx, &attempt).await? {
+                        return Ok((tx, Ok(outcome)));
+                    }
+                    *in_doubt.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 }
                 match commit_in(&mut tx, commit).await {
                     Ok((outcome, written)) => {
