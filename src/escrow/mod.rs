@@ -11,6 +11,7 @@
 //! their API key; SQL; host names) goes to the log only. The errors' `client_message` methods
 //! choose the text; `Display` keeps the whole cause for the log.
 
+pub mod at_risk;
 pub mod channels;
 pub mod claims;
 pub mod head_block;
