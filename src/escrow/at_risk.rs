@@ -22,6 +22,16 @@ use crate::store::postgres::reporting::{DueChannel, DueReport, claims_due};
 
 use super::metrics::EscrowMetrics;
 
+/// What one check found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AtRiskCheck {
+    pub report: DueReport,
+    /// Due now and not at the last check: each got its warning line.
+    pub newly_due: Vec<ChannelId>,
+    /// Due at the last check and not now.
+    pub no_longer_due: Vec<ChannelId>,
+}
+
 pub struct AtRiskWatch {
     pool: PgPool,
     within_blocks: u64,
@@ -37,7 +47,7 @@ impl AtRiskWatch {
 
     /// Reads what is due now, sets the metrics and logs the channels that crossed the line either
     /// way since the last check.
-    pub async fn check(&self) -> Result<DueReport, StoreError> {
+    pub async fn check(&self) -> Result<AtRiskCheck, StoreError> {
         let report = claims_due(&self.pool, self.within_blocks).await?;
         let total = report.total_at_risk();
         // The one place an amount becomes a float: a Prometheus sample is one (metrics doc).
@@ -46,8 +56,10 @@ impl AtRiskWatch {
         let now: BTreeMap<ChannelId, DueChannel> =
             report.channels.iter().map(|channel| (channel.channel_id, channel.clone())).collect();
         let mut due = self.due.lock().unwrap_or_else(|p| p.into_inner());
-        for (id, channel) in &now {
-            if !due.contains_key(id) {
+        let newly_due: Vec<ChannelId> = now.keys().filter(|id| !due.contains_key(id)).copied().collect();
+        let no_longer_due: Vec<ChannelId> = due.keys().filter(|id| !now.contains_key(id)).copied().collect();
+        for id in &newly_due {
+            if let Some(channel) = now.get(id) {
                 tracing::warn!(
                     channel = %id,
                     nonce = %channel.nonce,
@@ -62,12 +74,10 @@ impl AtRiskWatch {
                 );
             }
         }
-        for id in due.keys() {
-            if !now.contains_key(id) {
-                tracing::info!(channel = %id, "money at risk: the channel is no longer due");
-            }
+        for id in &no_longer_due {
+            tracing::info!(channel = %id, "money at risk: the channel is no longer due");
         }
         *due = now;
-        Ok(report)
+        Ok(AtRiskCheck { report, newly_due, no_longer_due })
     }
 }
