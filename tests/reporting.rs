@@ -11,13 +11,15 @@ mod common;
 use std::time::Duration;
 
 use base64::Engine;
-use common::escrow_world::{GROUP, World};
+use common::escrow_world::{GROUP, PRICE, World};
 use common::ganache::{CHAIN_ID, Ganache};
+use common::ledger::{Ledger, LedgerSettings, http_get};
 use mpe_ledger::domain::{ChannelEvent, ChannelId};
 use mpe_ledger::escrow::at_risk::AtRiskWatch;
 use mpe_ledger::escrow::metrics::EscrowMetrics;
 use mpe_ledger::escrow::payments::PaymentService;
 use mpe_ledger::store::postgres::deployment;
+use mpe_ledger::startup::reporting::HEAD_RECORD_INTERVAL;
 use mpe_ledger::store::verify::verify;
 use sqlx::PgPool;
 
@@ -302,6 +304,48 @@ async fn a_scripted_history_reads_back_exactly_from_every_view() {
     // The recorded line (50) by default; nothing due within 1 block prints nothing.
     assert_eq!(claims_due_command(&world, &[]).lines().count(), 2);
     assert_eq!(claims_due_command(&world, &["--within", "1"]), "");
+}
+
+/// What serve records for the views, and its money-at-risk watch: a channel past its expiration
+/// with a payment unclaimed is due at the harness's line (payment_expiration_threshold 0, the
+/// default line): one warning, the metrics, and the deployment record with the token and the head.
+#[tokio::test]
+async fn serve_records_the_deployment_and_warns_once_per_channel_with_money_at_risk() {
+    let ganache = Ganache::start().await;
+    let world = World::with_channel(&ganache, 1000, 5).await;
+    world.pay(&world.payments(), 0, PRICE).await;
+    ganache.mine(6).await;
+    let settings = LedgerSettings {
+        ethereum_rpc_url: ganache.url().to_owned(),
+        mpe: world.mpe.eth_address().0,
+        group_id: GROUP,
+        payment_address: world.provider().eth_address().0,
+        price: PRICE,
+        upstream: "http://127.0.0.1:9".to_owned(),
+        replica_id: "replica-r".to_owned(),
+        tls: None,
+        ethereum_rpc_ca_file: None,
+        upstream_ca_file: None,
+    };
+    let ledger = Ledger::start(&world.db.owner_url, &settings).await;
+    let warning = "money at risk: claim this channel before it expires";
+    assert!(ledger.wait_for_log(warning, 1, Duration::from_secs(20)).await, "{}", ledger.log());
+    let head_at_least = ganache.block_number().await;
+    let recorded: (Option<i32>, Option<i64>, Option<i64>, Option<i64>) = sqlx::query_as(
+        "SELECT token_decimals, average_block_time_ms, claims_due_within_blocks, head_block FROM ledger.deployment",
+    )
+    .fetch_one(&world.db.pool)
+    .await
+    .unwrap();
+    let (decimals, block_time, line, head) = recorded;
+    assert_eq!((decimals, block_time, line), (Some(8), Some(12_000), Some(0)));
+    assert!(head.unwrap() >= i64::try_from(head_at_least).unwrap());
+    let (_, metrics) = http_get(ledger.port, "/metrics").await.unwrap();
+    assert!(metrics.contains("mpe_ledger_money_due_cogs 10\n"), "{metrics}");
+    assert!(metrics.contains("mpe_ledger_channels_due 1\n"), "{metrics}");
+    // The next check (15 s later) finds it still due and does not warn again.
+    assert!(!ledger.wait_for_log(warning, 2, HEAD_RECORD_INTERVAL + Duration::from_secs(3)).await);
+    assert_eq!(ledger.log().matches(warning).count(), 1, "{}", ledger.log());
 }
 
 /// Cogs in tokens of 8 decimals, as the views print them.

@@ -7,7 +7,7 @@
 pub mod cluster;
 mod database;
 pub mod public_port;
-mod reporting;
+pub mod reporting;
 
 pub use database::{Database, DatabaseSettings, Purpose};
 
