@@ -329,8 +329,9 @@ impl RawSettings {
         let expiration_threshold =
             u64_setting("payment_expiration_threshold", self.payment_expiration_threshold.as_ref())?
                 .unwrap_or(DEFAULT_EXPIRATION_THRESHOLD);
-        let average_block_time_ms = u64_setting("average_block_time_ms", self.average_block_time_ms.as_ref())?
-            .unwrap_or(DEFAULT_AVERAGE_BLOCK_TIME_MS);
+        let average_block_time_ms =
+            u64_setting("average_block_time_ms", self.average_block_time_ms.as_ref())?
+                .unwrap_or(DEFAULT_AVERAGE_BLOCK_TIME_MS);
         if !(1..=MAX_AVERAGE_BLOCK_TIME_MS).contains(&average_block_time_ms) {
             return Err(invalid(
                 "average_block_time_ms",

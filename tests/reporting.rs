@@ -18,8 +18,8 @@ use mpe_ledger::domain::{ChannelEvent, ChannelId};
 use mpe_ledger::escrow::at_risk::AtRiskWatch;
 use mpe_ledger::escrow::metrics::EscrowMetrics;
 use mpe_ledger::escrow::payments::PaymentService;
-use mpe_ledger::store::postgres::deployment;
 use mpe_ledger::startup::reporting::HEAD_RECORD_INTERVAL;
+use mpe_ledger::store::postgres::deployment;
 use mpe_ledger::store::verify::verify;
 use sqlx::PgPool;
 
@@ -116,11 +116,32 @@ async fn a_scripted_history_reads_back_exactly_from_every_view() {
 
     // The exact events.
     let expected: [(ChannelId, &[&str]); 4] = [
-        (a, &["merged", "payment", "payment", "payment", "claim_started", "claim_landed", "merged", "payment"]),
+        (
+            a,
+            &[
+                "merged",
+                "payment",
+                "payment",
+                "payment",
+                "claim_started",
+                "claim_landed",
+                "merged",
+                "payment",
+            ],
+        ),
         (b, &["merged", "payment", "payment", "claim_started", "claim_landed"]),
         (
             c,
-            &["merged", "payment", "claim_started", "payment", "payment", "sender_reclaimed", "merged", "payment"],
+            &[
+                "merged",
+                "payment",
+                "claim_started",
+                "payment",
+                "payment",
+                "sender_reclaimed",
+                "merged",
+                "payment",
+            ],
         ),
         (d, &["merged", "payment", "claim_started", "payment"]),
     ];
@@ -199,7 +220,8 @@ async fn a_scripted_history_reads_back_exactly_from_every_view() {
     );
 
     // Everything was recorded within one UTC day unless the test ran across midnight.
-    let days = rows(pool, "SELECT DISTINCT (recorded_at AT TIME ZONE 'UTC')::date::text FROM ledger.events").await;
+    let days =
+        rows(pool, "SELECT DISTINCT (recorded_at AT TIME ZONE 'UTC')::date::text FROM ledger.events").await;
     assert_eq!(days.len(), 1, "the test ran across midnight UTC: run it again");
     let day = &days[0];
     assert_eq!(
@@ -355,11 +377,13 @@ fn tokens(cogs: u64) -> String {
 
 /// An epoch time as `claims due` prints it.
 async fn rfc3339(pool: &PgPool, epoch_seconds: i64) -> String {
-    sqlx::query_scalar(r#"SELECT to_char(to_timestamp($1::bigint) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')"#)
-        .bind(epoch_seconds)
-        .fetch_one(pool)
-        .await
-        .unwrap()
+    sqlx::query_scalar(
+        r#"SELECT to_char(to_timestamp($1::bigint) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')"#,
+    )
+    .bind(epoch_seconds)
+    .fetch_one(pool)
+    .await
+    .unwrap()
 }
 
 async fn channel_expiration(world: &World<'_>, channel: ChannelId) -> u64 {

@@ -68,10 +68,11 @@ async fn a_reader_sees_only_the_reporting_views_and_writes_nothing() {
         "reconciliation",
         "deployment",
     ] {
-        let count: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM reporting.{view}")))
-            .fetch_one(&reader)
-            .await
-            .unwrap_or_else(|e| panic!("reporting.{view}: {e}"));
+        let count: i64 =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM reporting.{view}")))
+                .fetch_one(&reader)
+                .await
+                .unwrap_or_else(|e| panic!("reporting.{view}: {e}"));
         assert!(count > 0, "reporting.{view} is empty on the fixture");
     }
     // Unqualified names find the views (search_path = reporting).
@@ -148,11 +149,12 @@ async fn claim_outcomes_written_before_migration_0005_read_as_documented() {
         ]
     );
     // Payments from before migration 0007 have no recorded signer or replica.
-    let unknown: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM reporting.payments WHERE signer IS NULL AND replica IS NULL")
-            .fetch_one(&reader)
-            .await
-            .unwrap();
+    let unknown: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM reporting.payments WHERE signer IS NULL AND replica IS NULL",
+    )
+    .fetch_one(&reader)
+    .await
+    .unwrap();
     assert_eq!(unknown, 5);
 }
 
@@ -202,8 +204,9 @@ async fn reader_add_on_the_embedded_cluster_prints_a_url_that_reads_only_the_vie
     let again = ledger(guard.root(), &["reader", "add", "finance"]);
     assert_eq!(again.status.code(), Some(2));
     assert!(
-        String::from_utf8_lossy(&again.stderr)
-            .contains("a role named finance already exists; choose another name (or DROP ROLE finance first)"),
+        String::from_utf8_lossy(&again.stderr).contains(
+            "a role named finance already exists; choose another name (or DROP ROLE finance first)"
+        ),
         "{}",
         String::from_utf8_lossy(&again.stderr)
     );
@@ -227,8 +230,10 @@ async fn reader_add_on_your_own_postgres_prints_database_urls_host_with_the_read
     assert!(url.starts_with(&format!("postgres://{name}:")), "{url}");
     assert!(url.ends_with(&format!("@{host_and_database}")), "{url}");
     let mut conn = PgConnection::connect(url).await.expect("the printed URL logs in");
-    let channels: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM reporting.money_at_risk").fetch_one(&mut conn).await.unwrap();
+    let channels: i64 = sqlx::query_scalar("SELECT count(*) FROM reporting.money_at_risk")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(channels, 3);
     conn.close().await.unwrap();
 }

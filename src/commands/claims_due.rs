@@ -90,7 +90,11 @@ mod tests {
 
     fn report(channels: Vec<DueChannel>) -> DueReport {
         DueReport {
-            head: Some(RecordedHead { block: 100, block_time: "2026-12-07T12:00:00Z".into(), age_seconds: 3 }),
+            head: Some(RecordedHead {
+                block: 100,
+                block_time: "2026-12-07T12:00:00Z".into(),
+                age_seconds: 3,
+            }),
             within_blocks: 10,
             channels,
         }

@@ -27,8 +27,9 @@ pub async fn run(settings: &DatabaseSettings, name: &str) -> anyhow::Result<Exit
     let added = add_reader(&admin_url, &name, &password).await;
     database.close().await?;
     added?;
-    let url = with_login(&service_url, name.as_str(), &password)
-        .context("DATABASE_URL is not a postgres://… URL: the reader was created, but its URL cannot be printed")?;
+    let url = with_login(&service_url, name.as_str(), &password).context(
+        "DATABASE_URL is not a postgres://… URL: the reader was created, but its URL cannot be printed",
+    )?;
     println!("{url}");
     eprintln!(
         "reader {name} created: it sees only the reporting schema (docs/reporting.md), read-only; keep this URL secret"

@@ -90,7 +90,10 @@ fn each_bad_value_names_its_setting() {
             "average_block_time_ms",
         ),
         (
-            RawSettings { claims_due_within_blocks: Some(toml::Value::String(u64::MAX.to_string())), ..full() },
+            RawSettings {
+                claims_due_within_blocks: Some(toml::Value::String(u64::MAX.to_string())),
+                ..full()
+            },
             "claims_due_within_blocks",
         ),
         (RawSettings { lease_ttl_seconds: Some(toml::Value::Integer(0)), ..full() }, "lease_ttl_seconds"),

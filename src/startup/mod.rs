@@ -100,8 +100,12 @@ pub async fn serve(settings: &DatabaseSettings, config: Config) -> anyhow::Resul
     let escrow = match &config.chain {
         Some(chain) => {
             deployment::record_mpe(&database.pool, chain.mpe_address).await?;
-            deployment::record_settings(&database.pool, chain.average_block_time_ms, chain.claims_due_within_blocks)
-                .await?;
+            deployment::record_settings(
+                &database.pool,
+                chain.average_block_time_ms,
+                chain.claims_due_within_blocks,
+            )
+            .await?;
             Some(Escrow::new(&database, &metrics, &config, chain)?)
         }
         None => {

@@ -105,7 +105,11 @@ impl TestDb {
         let password = mpe_ledger::startup::cluster::generate_password();
         add_reader(&self.owner_url, &name, &password).await.expect("the reader login is created");
         let url = with_login(&self.owner_url, name.as_str(), &password).expect("a postgres URL");
-        sqlx::postgres::PgPoolOptions::new().max_connections(2).connect(&url).await.expect("the reader logs in")
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&url)
+            .await
+            .expect("the reader logs in")
     }
 
     pub async fn owner(&self) -> PgConnection {

@@ -32,7 +32,8 @@ pub struct ReaderName(String);
 
 impl ReaderName {
     pub fn parse(name: &str) -> Result<Self, ReaderError> {
-        let invalid = |reason: &str| ReaderError::InvalidName { name: name.to_owned(), reason: reason.to_owned() };
+        let invalid =
+            |reason: &str| ReaderError::InvalidName { name: name.to_owned(), reason: reason.to_owned() };
         let mut chars = name.chars();
         match chars.next() {
             None => return Err(invalid("empty")),
@@ -169,16 +170,24 @@ mod tests {
     #[test]
     fn a_url_gets_the_readers_login_and_keeps_everything_else() {
         assert_eq!(
-            with_login("postgres://writer:secret@db.example:5433/ledger?sslmode=require", "fin", "pw").unwrap(),
+            with_login("postgres://writer:secret@db.example:5433/ledger?sslmode=require", "fin", "pw")
+                .unwrap(),
             "postgres://fin:pw@db.example:5433/ledger?sslmode=require"
         );
         assert_eq!(with_login("postgres://db/ledger", "fin", "pw").unwrap(), "postgres://fin:pw@db/ledger");
         assert_eq!(
-            with_login("postgresql://u:p%40ss@h1:5432,h2:5432/l?target_session_attrs=read-write", "fin", "pw")
-                .unwrap(),
+            with_login(
+                "postgresql://u:p%40ss@h1:5432,h2:5432/l?target_session_attrs=read-write",
+                "fin",
+                "pw"
+            )
+            .unwrap(),
             "postgresql://fin:pw@h1:5432,h2:5432/l?target_session_attrs=read-write"
         );
-        assert_eq!(with_login("postgres://u@h?dbname=x", "fin", "pw").unwrap(), "postgres://fin:pw@h?dbname=x");
+        assert_eq!(
+            with_login("postgres://u@h?dbname=x", "fin", "pw").unwrap(),
+            "postgres://fin:pw@h?dbname=x"
+        );
         assert_eq!(with_login("not a url", "fin", "pw"), None);
     }
 }

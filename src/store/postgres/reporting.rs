@@ -55,7 +55,9 @@ pub struct DueReport {
 impl DueReport {
     /// The sum of the channels' money at risk.
     pub fn total_at_risk(&self) -> Amount {
-        self.channels.iter().fold(Amount::ZERO, |sum, channel| Amount(sum.0.saturating_add(channel.at_risk.0)))
+        self.channels
+            .iter()
+            .fold(Amount::ZERO, |sum, channel| Amount(sum.0.saturating_add(channel.at_risk.0)))
     }
 }
 
@@ -71,7 +73,8 @@ pub async fn recorded_due_line(pool: &PgPool) -> Result<Option<u64>, StoreError>
 /// The channels with money at risk at most `within_blocks` blocks before their expiration (or
 /// past it), soonest first.
 pub async fn claims_due(pool: &PgPool, within_blocks: u64) -> Result<DueReport, StoreError> {
-    let corrupt = |reason: String| StoreError::CorruptLog { stream: "reporting.money_at_risk".into(), reason };
+    let corrupt =
+        |reason: String| StoreError::CorruptLog { stream: "reporting.money_at_risk".into(), reason };
     let head: Option<(i64, String, i64)> = sqlx::query_as(
         r#"SELECT head_block, to_char(head_block_time AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
                   floor(extract(epoch FROM clock_timestamp() - head_recorded_at))::bigint
