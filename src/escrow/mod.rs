@@ -1,6 +1,7 @@
 //! The seed's escrow services, re-built on the event log: paid-call payment transactions
 //! ([`payments`]), the channel state they validate against, merged from the ledger and the chain
-//! ([`channels`]), and the provider's claims ([`claims`]).
+//! ([`channels`]), the provider's claims ([`claims`]), and the watch of the money at risk of a
+//! sender's reclaim ([`at_risk`]).
 //!
 //! Every write goes through `store::postgres::PgLedger::commit`: lease checked, stream version
 //! checked, events folded, appended, projections updated, lease released, in one serializable
