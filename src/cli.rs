@@ -1,4 +1,4 @@
-//! The command line: `serve`, `migrate`, `verify`, `rebuild`.
+//! The command line: `serve`, `migrate`, `verify`, `rebuild`, `leases`, `claims due`, `reader add`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -49,6 +49,35 @@ enum Command {
     Leases {
         #[command(subcommand)]
         action: LeaseAction,
+    },
+    /// Claims to make: the channels whose money at risk nears expiration (a listing for cron jobs).
+    Claims {
+        #[command(subcommand)]
+        action: ClaimsAction,
+    },
+    /// Logins for finance that see only the `reporting` views (docs/reporting.md).
+    Reader {
+        #[command(subcommand)]
+        action: ReaderAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClaimsAction {
+    /// List the channels with money at risk at most BLOCKS before expiration; empty output when none.
+    Due {
+        /// Blocks before expiration (default: the `claims_due_within_blocks` serve recorded).
+        #[arg(long, value_name = "BLOCKS")]
+        within: Option<u64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ReaderAction {
+    /// Create a read-only login in mpe_ledger_reader and print its connection URL.
+    Add {
+        /// The login's name: lower-case letters, digits and _.
+        name: String,
     },
 }
 
@@ -159,6 +188,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             database.close().await?;
             result?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Claims { action: ClaimsAction::Due { within } } => {
+            crate::commands::claims_due::run(&settings, within).await
+        }
+        Command::Reader { action: ReaderAction::Add { name } } => {
+            crate::commands::reader_add::run(&settings, &name).await
         }
         Command::Rebuild => {
             let database = Database::open(&settings, Purpose::Command("rebuild")).await?;

@@ -15,6 +15,8 @@
 //! | `group_id` | this replica group's id, base64 (as in org metadata) or 0x-hex, 32 bytes | required with the chain |
 //! | `payment_address` | the provider's address: recipient of channels, signer of control calls | required with the chain |
 //! | `payment_expiration_threshold` | blocks before expiration from which payments are refused | `40320` |
+//! | `average_block_time_ms` | the chain's average block time, for the reporting views' time estimates | `12000` |
+//! | `claims_due_within_blocks` | unclaimed money this close to expiration is due: metric, warning, `claims due` | `payment_expiration_threshold` |
 //! | `price` | one price in cogs for every method (decimal) | required unless `prices` |
 //! | `prices` | table: full gRPC method name → price (file only) | |
 //! | `upstream` | the AI service calls are forwarded to, `http://` (h2c) or `https://` (h2 over TLS) | required with the chain |
@@ -73,6 +75,8 @@ pub struct RawSettings {
     pub group_id: Option<String>,
     pub payment_address: Option<String>,
     pub payment_expiration_threshold: Option<toml::Value>,
+    pub average_block_time_ms: Option<toml::Value>,
+    pub claims_due_within_blocks: Option<toml::Value>,
     pub price: Option<toml::Value>,
     pub prices: Option<BTreeMap<String, toml::Value>>,
     pub upstream: Option<String>,
@@ -95,6 +99,10 @@ pub struct ChainSettings {
     pub group_id: GroupId,
     pub payment_address: EthAddress,
     pub expiration_threshold: u64,
+    /// Recorded in the deployment record for the reporting views (never used to judge expiry).
+    pub average_block_time_ms: u64,
+    /// Money at risk this many blocks or fewer before expiration is due for a claim.
+    pub claims_due_within_blocks: u64,
     pub pricing: Pricing,
     pub upstream: String,
     /// Trusted for an `https://` `upstream` besides the system's roots.
@@ -119,6 +127,10 @@ pub struct Config {
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7000";
 pub const DEFAULT_EXPIRATION_THRESHOLD: u64 = 40320;
+/// Ethereum's main network: a block every 12 s.
+pub const DEFAULT_AVERAGE_BLOCK_TIME_MS: u64 = 12_000;
+/// The longest `average_block_time_ms` accepted: an hour.
+pub const MAX_AVERAGE_BLOCK_TIME_MS: u64 = 3_600_000;
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// Five minutes: long generations fit; a hung service holds a channel no longer than this.
 pub const DEFAULT_MAX_CALL_SECONDS: u64 = 300;
@@ -172,6 +184,8 @@ impl RawSettings {
         text("group_id", &mut self.group_id);
         text("payment_address", &mut self.payment_address);
         number("payment_expiration_threshold", &mut self.payment_expiration_threshold);
+        number("average_block_time_ms", &mut self.average_block_time_ms);
+        number("claims_due_within_blocks", &mut self.claims_due_within_blocks);
         number("price", &mut self.price);
         text("upstream", &mut self.upstream);
         path("upstream_ca_file", &mut self.upstream_ca_file);
@@ -312,17 +326,34 @@ impl RawSettings {
             }
             (None, None) => unreachable!("checked by the caller"),
         };
+        let expiration_threshold =
+            u64_setting("payment_expiration_threshold", self.payment_expiration_threshold.as_ref())?
+                .unwrap_or(DEFAULT_EXPIRATION_THRESHOLD);
+        let average_block_time_ms =
+            u64_setting("average_block_time_ms", self.average_block_time_ms.as_ref())?
+                .unwrap_or(DEFAULT_AVERAGE_BLOCK_TIME_MS);
+        if !(1..=MAX_AVERAGE_BLOCK_TIME_MS).contains(&average_block_time_ms) {
+            return Err(invalid(
+                "average_block_time_ms",
+                format!("must be from 1 to {MAX_AVERAGE_BLOCK_TIME_MS}"),
+            ));
+        }
+        // Recorded in a bigint column.
+        let claims_due_within_blocks =
+            u64_setting("claims_due_within_blocks", self.claims_due_within_blocks.as_ref())?
+                .unwrap_or(expiration_threshold);
+        if i64::try_from(claims_due_within_blocks).is_err() {
+            return Err(invalid("claims_due_within_blocks", format!("must be at most {}", i64::MAX)));
+        }
         Ok(ChainSettings {
             rpc_url,
             rpc_ca_file,
             mpe_address: address_setting("mpe_address", self.mpe_address.as_deref())?,
             group_id: group_id_setting(self.group_id.as_deref().unwrap_or_default())?,
             payment_address: address_setting("payment_address", self.payment_address.as_deref())?,
-            expiration_threshold: u64_setting(
-                "payment_expiration_threshold",
-                self.payment_expiration_threshold.as_ref(),
-            )?
-            .unwrap_or(DEFAULT_EXPIRATION_THRESHOLD),
+            expiration_threshold,
+            average_block_time_ms,
+            claims_due_within_blocks,
             pricing,
             upstream,
             upstream_ca_file,

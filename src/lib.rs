@@ -15,10 +15,12 @@
 //!   CA file), and the public port's certificate, reloadable on SIGHUP.
 //! - [`startup`]: the embedded Postgres cluster, the public port's accept loop (plain or TLS, HTTP/1.1
 //!   and HTTP/2, graceful shutdown, SIGHUP) and the `serve` wiring; [`cli`] and [`telemetry`] are
-//!   the binary's edges.
+//!   the binary's edges; [`commands`] holds the commands for finance and operations (`claims due`,
+//!   `reader add`).
 
 pub mod chain;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod domain;
 pub mod escrow;

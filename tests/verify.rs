@@ -203,34 +203,12 @@ async fn the_verify_command_exits_non_zero_naming_each_difference() {
     assert!(ledger(&db, "verify").status.success());
 }
 
-/// Loads a log and its projections as an earlier version of the ledger wrote them
-/// (`tests/fixtures/<name>/{events,streams,channels,claims}.json`, rows as `to_jsonb` gives them).
-async fn load_fixture(db: &TestDb, name: &str) {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
-    let mut owner = db.owner().await;
-    for table in ["events", "streams", "channels", "claims"] {
-        let rows: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{table}.json"))).unwrap())
-                .unwrap();
-        let overriding = if table == "events" { "OVERRIDING SYSTEM VALUE" } else { "" };
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO ledger.{table} {overriding}
-             SELECT * FROM jsonb_populate_recordset(NULL::ledger.{table}, $1)"
-        )))
-        .bind(rows)
-        .execute(&mut owner)
-        .await
-        .unwrap_or_else(|e| panic!("{table}: {e}"));
-    }
-    owner.close().await.unwrap();
-}
-
 /// A log written before claim outcomes became their own events (`claim_finished` with an outcome
 /// tag) still verifies, and folds to the projections written then; rebuilding changes nothing.
 #[tokio::test]
 async fn a_log_with_claim_finished_events_from_before_claim_facts_verifies_and_folds_the_same() {
     let db = TestDb::new().await;
-    load_fixture(&db, "log_before_claim_facts").await;
+    common::load_fixture(&db, "log_before_claim_facts").await;
     let before = db.projections_snapshot().await;
     assert_eq!(before.iter().filter(|row| row.starts_with("claims: ")).count(), 3, "{before:#?}");
     assert_eq!(verify(&db.pool).await.unwrap(), vec![]);

@@ -18,8 +18,9 @@ use alloy::sol_types::{SolCall, SolEvent};
 use alloy::transports::http::reqwest;
 use alloy::transports::{TransportError, TransportErrorKind};
 
+use super::mpe::Erc20::decimalsCall;
 use super::mpe::MultiPartyEscrow::{
-    ChannelAddFunds, ChannelClaim, ChannelSenderClaim, channelsCall, channelsReturn,
+    ChannelAddFunds, ChannelClaim, ChannelSenderClaim, channelsCall, channelsReturn, tokenCall,
 };
 use super::{ChainError, ChainReader, ChannelLog, ChannelLogEvent, ChannelRead};
 use crate::domain::{Amount, BlockNumber, ChainBlock, ChannelId, EthAddress, GroupId, Nonce, OnChainChannel};
@@ -107,6 +108,37 @@ impl EthChain {
                 },
             })?;
         Ok(ChainBlock { number: block.header.number, hash: block.header.hash })
+    }
+
+    /// The latest block's number and timestamp (seconds since the Unix epoch), for the deployment
+    /// record that the reporting views read.
+    pub async fn head_block_with_time(&self) -> Result<(u64, u64), ChainError> {
+        let block = self
+            .provider
+            .get_block_by_number(BlockNumberOrTag::Latest)
+            .await
+            .map_err(self.rpc("eth_getBlockByNumber"))?
+            .ok_or_else(|| ChainError::NoBlock { block: BlockNumberOrTag::Latest.to_string() })?;
+        Ok((block.header.number, block.header.timestamp))
+    }
+
+    /// The MPE's token (`token()`) and its decimals (`decimals()` of that ERC-20 contract).
+    pub async fn token_decimals(&self) -> Result<(EthAddress, u8), ChainError> {
+        let token = self.view_call(self.mpe.0, tokenCall {}, "eth_call token").await?;
+        let decimals = self.view_call(token, decimalsCall {}, "eth_call decimals").await?;
+        Ok((EthAddress(token), decimals))
+    }
+
+    /// A view function of the contract at `to`, at the latest block.
+    async fn view_call<C: SolCall>(
+        &self,
+        to: Address,
+        call: C,
+        name: &'static str,
+    ) -> Result<C::Return, ChainError> {
+        let request = TransactionRequest::default().to(to).input(call.abi_encode().into());
+        let output = self.provider.call(request).await.map_err(self.rpc(name))?;
+        C::abi_decode_returns(&output).map_err(|e| ChainError::Decode { call: name, reason: e.to_string() })
     }
 
     async fn logs_in(&self, filter: Filter) -> Result<Vec<ChannelLog>, ChainError> {

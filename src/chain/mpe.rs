@@ -47,6 +47,8 @@ alloy::sol! {
             uint256 expiration
         );
         function nextChannelId() external view returns (uint256);
+        /// The ERC-20 token channels are funded in (fixed when the contract is deployed).
+        function token() external view returns (address);
         function balances(address owner) external view returns (uint256);
 
         function deposit(uint256 value) external returns (bool);
@@ -69,6 +71,13 @@ alloy::sol! {
             bool isSendback
         ) external;
         function channelClaimTimeout(uint256 channelId) external;
+    }
+}
+
+alloy::sol! {
+    /// The one call of ERC-20 the ledger reads: how many decimals a token has (cogs per token).
+    interface Erc20 {
+        function decimals() external view returns (uint8);
     }
 }
 

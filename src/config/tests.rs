@@ -38,6 +38,9 @@ fn a_full_file_validates() {
     assert_eq!(chain.group_id.0[0], 123);
     assert_eq!(chain.expiration_threshold, DEFAULT_EXPIRATION_THRESHOLD);
     assert_eq!(chain.mpe_address.to_string(), MPE);
+    assert_eq!(chain.average_block_time_ms, DEFAULT_AVERAGE_BLOCK_TIME_MS);
+    // Due by default from where payments are refused: the channel can earn nothing more.
+    assert_eq!(chain.claims_due_within_blocks, DEFAULT_EXPIRATION_THRESHOLD);
 }
 
 #[test]
@@ -78,6 +81,21 @@ fn each_bad_value_names_its_setting() {
         (RawSettings { max_connections: Some(toml::Value::Integer(0)), ..full() }, "max_connections"),
         (RawSettings { max_connections: Some(toml::Value::Integer(1 << 21)), ..full() }, "max_connections"),
         (RawSettings { listen: Some("7000".into()), ..full() }, "listen"),
+        (
+            RawSettings { average_block_time_ms: Some(toml::Value::Integer(0)), ..full() },
+            "average_block_time_ms",
+        ),
+        (
+            RawSettings { average_block_time_ms: Some(toml::Value::String("12.5".into())), ..full() },
+            "average_block_time_ms",
+        ),
+        (
+            RawSettings {
+                claims_due_within_blocks: Some(toml::Value::String(u64::MAX.to_string())),
+                ..full()
+            },
+            "claims_due_within_blocks",
+        ),
         (RawSettings { lease_ttl_seconds: Some(toml::Value::Integer(0)), ..full() }, "lease_ttl_seconds"),
         (RawSettings { max_call_seconds: Some(toml::Value::Integer(0)), ..full() }, "max_call_seconds"),
         (RawSettings { max_call_seconds: Some(toml::Value::Integer(86_401)), ..full() }, "max_call_seconds"),

@@ -14,6 +14,15 @@
 //! followed by the value when present. The canonical bytes come from this encoding, never from the
 //! JSON text of the payload (Postgres reorders JSONB keys).
 //!
+//! **What the hash covers**: exactly the bytes above, that is the previous hash, the stream, the
+//! version, the type and the event's canonical fields (for a payment: nonce, amount and the
+//! client's signature as received). It does not cover the rest of the log's row: the global
+//! position, transaction id and recorded time, the SQL copies of the amounts (`nonce`, `amount`,
+//! `signature`, `channel_id`, which `verify` compares with the payload), nor the columns added by
+//! migration 0007 for reporting, `signer` (the address the signature recovered to at commit,
+//! re-derivable from the covered signature, as `verify` does) and `replica` (the replica that wrote
+//! the event). Adding those columns changed no hash, so logs written before them verify unchanged.
+//!
 //! **Claim outcomes.** How a claim left the chain is one named fact per outcome, with exact amounts:
 //! `claim landed` (the recipient's `channelClaim`: actual and planned amount) and `sender reclaimed`
 //! (the sender's `channelClaimTimeout` after expiry: the value taken back, and separately the

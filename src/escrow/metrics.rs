@@ -1,7 +1,7 @@
 //! Counters of the escrow: what operators watch to see payments, refusals, lease contention and
 //! how often the chain is read; and where a paid call's time goes.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 /// The phases of a paid call timed in [`EscrowMetrics::paid_call_seconds`].
 pub const PAID_CALL_PHASES: [&str; 3] = ["payment_start", "upstream", "payment_commit"];
@@ -47,6 +47,12 @@ pub struct EscrowMetrics {
     pub paid_calls_in_flight: IntGauge,
     /// Paid calls stopped by a limit ([`PAID_CALL_LIMITS`]).
     pub paid_call_limits: IntCounterVec,
+    /// Cogs unclaimed or in claims not landed on channels at most `claims_due_within_blocks`
+    /// before their expiration (see `escrow::at_risk`). A Prometheus sample is a float: exact up
+    /// to 2^53 cogs, for alerting; the exact amounts are in `claims due` and `reporting.money_at_risk`.
+    pub money_due_cogs: Gauge,
+    /// The channels counted in [`Self::money_due_cogs`].
+    pub channels_due: IntGauge,
 }
 
 impl EscrowMetrics {
@@ -100,6 +106,16 @@ impl EscrowMetrics {
                 &["limit"],
             )
             .expect("valid metric"),
+            money_due_cogs: Gauge::new(
+                "mpe_ledger_money_due_cogs",
+                "Unclaimed and in-progress cogs within claims_due_within_blocks of expiration",
+            )
+            .expect("valid metric"),
+            channels_due: IntGauge::new(
+                "mpe_ledger_channels_due",
+                "Channels with money at risk within claims_due_within_blocks of expiration",
+            )
+            .expect("valid metric"),
         }
     }
 
@@ -126,6 +142,8 @@ impl EscrowMetrics {
             Box::new(metrics.paid_call_duration.clone()),
             Box::new(metrics.paid_calls_in_flight.clone()),
             Box::new(metrics.paid_call_limits.clone()),
+            Box::new(metrics.money_due_cogs.clone()),
+            Box::new(metrics.channels_due.clone()),
         ] {
             registry.register(collector).expect("metric names are unique");
         }

@@ -1,6 +1,7 @@
 //! The seed's escrow services, re-built on the event log: paid-call payment transactions
 //! ([`payments`]), the channel state they validate against, merged from the ledger and the chain
-//! ([`channels`]), and the provider's claims ([`claims`]).
+//! ([`channels`]), the provider's claims ([`claims`]), and the watch of the money at risk of a
+//! sender's reclaim ([`at_risk`]).
 //!
 //! Every write goes through `store::postgres::PgLedger::commit`: lease checked, stream version
 //! checked, events folded, appended, projections updated, lease released, in one serializable
@@ -11,6 +12,7 @@
 //! their API key; SQL; host names) goes to the log only. The errors' `client_message` methods
 //! choose the text; `Display` keeps the whole cause for the log.
 
+pub mod at_risk;
 pub mod channels;
 pub mod claims;
 pub mod head_block;

@@ -179,6 +179,8 @@ impl<C: ChainReader> PaymentService<C> {
                 events: events.iter().cloned().map(Event::Channel).collect(),
                 after,
                 lease_token: lease.token,
+                lease_holder: lease.holder.clone(),
+                signer,
                 deadline,
             });
         let commit = ChannelCommit {

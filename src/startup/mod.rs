@@ -7,6 +7,7 @@
 pub mod cluster;
 mod database;
 pub mod public_port;
+pub mod reporting;
 
 pub use database::{Database, DatabaseSettings, Purpose};
 
@@ -99,6 +100,12 @@ pub async fn serve(settings: &DatabaseSettings, config: Config) -> anyhow::Resul
     let escrow = match &config.chain {
         Some(chain) => {
             deployment::record_mpe(&database.pool, chain.mpe_address).await?;
+            deployment::record_settings(
+                &database.pool,
+                chain.average_block_time_ms,
+                chain.claims_due_within_blocks,
+            )
+            .await?;
             Some(Escrow::new(&database, &metrics, &config, chain)?)
         }
         None => {
@@ -126,10 +133,25 @@ pub async fn serve(settings: &DatabaseSettings, config: Config) -> anyhow::Resul
     let chain_id = escrow
         .as_ref()
         .map(|escrow| tokio::spawn(record_chain_id(database.pool.clone(), escrow.channels.clone())));
+    let (token, at_risk) = match (&escrow, &config.chain) {
+        (Some(escrow), Some(chain)) => {
+            let (pool, reader) = (database.pool.clone(), escrow.channels.chain().clone());
+            let watch = crate::escrow::at_risk::AtRiskWatch::new(
+                pool.clone(),
+                chain.claims_due_within_blocks,
+                escrow.channels.metrics().clone(),
+            );
+            (
+                Some(tokio::spawn(reporting::record_token(pool.clone(), reader.clone()))),
+                Some(tokio::spawn(reporting::watch_head_and_risk(pool, reader, Arc::new(watch)))),
+            )
+        }
+        _ => (None, None),
+    };
     signals.listen_for_shutdown().context("installing the SIGINT and SIGTERM handlers")?;
     port.serve(app, signals).await;
     tracing::info!("shutting down");
-    for task in [watcher, head_block, chain_id, supervisor].into_iter().flatten() {
+    for task in [watcher, head_block, chain_id, token, at_risk, supervisor].into_iter().flatten() {
         task.abort();
     }
     if let Some(escrow) = &escrow {

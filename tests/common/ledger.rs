@@ -59,7 +59,7 @@ pub struct Ledger {
 
 /// Every `MPE_LEDGER_*` setting `serve` reads; unset unless given, so the test's environment
 /// cannot leak into the child.
-const LEDGER_KEYS: [&str; 20] = [
+const LEDGER_KEYS: [&str; 22] = [
     "LISTEN",
     "TLS_CERT_FILE",
     "TLS_KEY_FILE",
@@ -70,6 +70,8 @@ const LEDGER_KEYS: [&str; 20] = [
     "GROUP_ID",
     "PAYMENT_ADDRESS",
     "PAYMENT_EXPIRATION_THRESHOLD",
+    "AVERAGE_BLOCK_TIME_MS",
+    "CLAIMS_DUE_WITHIN_BLOCKS",
     "PRICE",
     "UPSTREAM",
     "UPSTREAM_CA_FILE",

@@ -98,6 +98,21 @@ impl TestDb {
         Self { name, owner_url, pool, metrics: Arc::new(StoreMetrics::unregistered()) }
     }
 
+    /// A pool logged in as a new reader login (`mpe-ledger reader add`'s login, made the same way).
+    /// Roles are cluster-wide: the name gets this database's name appended.
+    pub async fn reader(&self, prefix: &str) -> PgPool {
+        use mpe_ledger::store::postgres::readers::{ReaderName, add_reader, with_login};
+        let name = ReaderName::parse(&format!("{prefix}_{}", self.name)).expect("a valid reader name");
+        let password = mpe_ledger::startup::cluster::generate_password();
+        add_reader(&self.owner_url, &name, &password).await.expect("the reader login is created");
+        let url = with_login(&self.owner_url, name.as_str(), &password).expect("a postgres URL");
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&url)
+            .await
+            .expect("the reader logs in")
+    }
+
     pub async fn owner(&self) -> PgConnection {
         PgConnection::connect(&self.owner_url).await.expect("owner connection")
     }
@@ -130,6 +145,28 @@ fn urls_get_their_database_replaced() {
         "postgres://u:p@h:1/x?sslmode=disable"
     );
     assert_eq!(with_database("postgres://h", "x"), "postgres://h/x");
+}
+
+/// Loads a log and its projections as an earlier version of the ledger wrote them
+/// (`tests/fixtures/<name>/{events,streams,channels,claims}.json`, rows as `to_jsonb` gives them).
+pub async fn load_fixture(db: &TestDb, name: &str) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    let mut owner = db.owner().await;
+    for table in ["events", "streams", "channels", "claims"] {
+        let rows: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{table}.json"))).unwrap())
+                .unwrap();
+        let overriding = if table == "events" { "OVERRIDING SYSTEM VALUE" } else { "" };
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO ledger.{table} {overriding}
+             SELECT * FROM jsonb_populate_recordset(NULL::ledger.{table}, $1)"
+        )))
+        .bind(rows)
+        .execute(&mut owner)
+        .await
+        .unwrap_or_else(|e| panic!("{table}: {e}"));
+    }
+    owner.close().await.unwrap();
 }
 
 /// A Postgres AtomicStorage on a fresh database.

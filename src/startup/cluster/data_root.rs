@@ -94,7 +94,8 @@ pub(super) async fn lock_data_root(server: &Server) -> Result<File, ClusterError
         .map_err(io_err("lock", &path))
 }
 
-pub(super) fn generate_password() -> String {
+/// A fresh random password: letters and digits only, so that it needs no quoting in a URL.
+pub fn generate_password() -> String {
     rand::rng().sample_iter(rand::distr::Alphanumeric).take(PASSWORD_LEN).map(char::from).collect()
 }
 

@@ -42,10 +42,8 @@ use sqlx::{AssertSqlSafe, Connection};
 pub use error::ClusterError;
 
 use crate::store::postgres::WRITER_ROLE;
-use data_root::{
-    choose_port, generate_password, lock_data_root, prepare_data_root, read_password, read_port,
-    write_private,
-};
+pub use data_root::generate_password;
+use data_root::{choose_port, lock_data_root, prepare_data_root, read_password, read_port, write_private};
 use error::io_err;
 use ownership::ClusterOwner;
 use server::{Server, initdb, locate_binaries, start};

@@ -33,12 +33,12 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::domain::{ChannelId, ChannelProjection, Event, StreamId};
+use crate::domain::{ChannelId, ChannelProjection, EthAddress, Event, StreamId};
 use crate::store::StoreError;
 use crate::store::retry::{Begin, Retry, StoreMetrics, serializable_with};
 
 use super::ledger::{Attempt, earlier_attempt_committed};
-use super::log::{ChainLink, StreamHead, chain_links, version_to_db};
+use super::log::{ChainLink, StreamHead, attribution, chain_links, version_to_db};
 
 /// Committer tasks. One is fastest here (`cargo bench --bench ledger`, quick mode, 16 clients: 1
 /// committer 0.29× pgbench `-N` end to end and 0.46× at store level; 2: 0.25× and 0.40×; 3: 0.27×
@@ -62,6 +62,10 @@ pub struct BatchedCommit {
     /// never change them).
     pub after: ChannelProjection,
     pub lease_token: Uuid,
+    /// The lease holder: the replica serving the call (the events' `replica` column).
+    pub lease_holder: String,
+    /// Whom the payment's signature recovered to (its event's `signer` column).
+    pub signer: EthAddress,
     /// The latest moment the caller waits for a serialization retry (its lease's lifetime).
     pub deadline: Instant,
 }
@@ -260,6 +264,8 @@ struct Arrays {
     event_signatures: Vec<Option<Vec<u8>>>,
     event_prev_hashes: Vec<Vec<u8>>,
     event_hashes: Vec<Vec<u8>>,
+    event_signers: Vec<Option<Vec<u8>>>,
+    event_replicas: Vec<Option<String>>,
 }
 
 impl Arrays {
@@ -300,6 +306,9 @@ impl Arrays {
                 a.event_signatures.push(signature.map(|s| s.as_bytes().to_vec()));
                 a.event_prev_hashes.push(link.prev_hash.to_vec());
                 a.event_hashes.push(link.hash.to_vec());
+                let (signer, replica) = attribution(event, Some(commit.signer), Some(&commit.lease_holder));
+                a.event_signers.push(signer);
+                a.event_replicas.push(replica);
             }
         }
         a
@@ -335,13 +344,14 @@ impl Arrays {
                    SELECT stream FROM moved UNION ALL SELECT stream FROM created
                ), appended AS (
                    INSERT INTO ledger.events (stream, stream_version, event_type, payload, channel_id, nonce,
-                                              amount, signature, prev_hash, hash)
+                                              amount, signature, prev_hash, hash, signer, replica)
                    SELECT e.stream, e.version, e.event_type, e.payload::jsonb, e.channel_id::numeric,
-                          e.nonce::numeric, e.amount::numeric, e.signature, e.prev_hash, e.hash
+                          e.nonce::numeric, e.amount::numeric, e.signature, e.prev_hash, e.hash, e.signer,
+                          e.replica
                    FROM unnest($18::text[], $19::text[], $20::bigint[], $21::text[], $22::text[], $23::text[],
-                               $24::text[], $25::bytea[], $26::bytea[], $27::bytea[])
+                               $24::text[], $25::bytea[], $26::bytea[], $27::bytea[], $28::bytea[], $29::text[])
                         AS e (stream, channel_id, version, event_type, payload, nonce, amount, signature,
-                              prev_hash, hash)
+                              prev_hash, hash, signer, replica)
                    WHERE e.stream IN (SELECT stream FROM head)
                    RETURNING 1
                ), opened AS (
@@ -401,6 +411,8 @@ impl Arrays {
             &self.event_signatures as &[Option<Vec<u8>>],
             &self.event_prev_hashes,
             &self.event_hashes,
+            &self.event_signers as &[Option<Vec<u8>>],
+            &self.event_replicas as &[Option<String>],
         )
         .fetch_one(&mut *conn)
         .await?;

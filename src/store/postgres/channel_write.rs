@@ -8,12 +8,12 @@ use std::collections::BTreeMap;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::domain::{ChannelId, ChannelProjection, Event, StreamId};
+use crate::domain::{ChannelId, ChannelProjection, EthAddress, Event, StreamId};
 use crate::store::StoreError;
 use crate::store::leases::Lease;
 
 use super::channels::{ChannelRow, claim_rows};
-use super::log::{StreamHead, chain_links, hash_from_db, version_from_db, version_to_db};
+use super::log::{StreamHead, attribution, chain_links, hash_from_db, version_from_db, version_to_db};
 
 /// The channel's stream head, projection (claims only when asked) and lease token, read with point
 /// lookups on unique keys in one round trip.
@@ -101,7 +101,9 @@ pub(super) async fn read_current(
 }
 
 /// The stream head moved, the events appended, the `channels` row written and the lease released,
-/// in one statement (one round trip). Claims are written by the caller when they changed.
+/// in one statement (one round trip). Claims are written by the caller when they changed. A payment
+/// event gets `payment_signer` in its `signer` column; every event the lease holder's name as its
+/// `replica` (see `log::attribution`).
 pub(super) async fn append_channel_events(
     conn: &mut PgConnection,
     stream: &StreamId,
@@ -109,6 +111,7 @@ pub(super) async fn append_channel_events(
     events: &[Event],
     after: &ChannelProjection,
     lease: Option<&Lease>,
+    payment_signer: Option<EthAddress>,
 ) -> Result<(StreamHead, String), StoreError> {
     let links = chain_links(stream, head, events);
     let new_head = links.last().map(|link| StreamHead { version: link.version, last_hash: link.hash });
@@ -121,8 +124,13 @@ pub(super) async fn append_channel_events(
     let mut signatures = Vec::with_capacity(events.len());
     let mut prev_hashes = Vec::with_capacity(events.len());
     let mut hashes = Vec::with_capacity(events.len());
+    let mut signers = Vec::with_capacity(events.len());
+    let mut replicas = Vec::with_capacity(events.len());
     for (event, link) in events.iter().zip(&links) {
         let (nonce, amount, signature) = event.amount_columns();
+        let (signer, replica) = attribution(event, payment_signer, lease.map(|lease| lease.holder.as_str()));
+        signers.push(signer);
+        replicas.push(replica);
         versions.push(version_to_db(link.version));
         types.push(event.event_type().to_owned());
         payloads.push(event.to_json().to_string());
@@ -147,12 +155,14 @@ pub(super) async fn append_channel_events(
                SELECT version FROM moved UNION ALL SELECT version FROM created
            ), appended AS (
                INSERT INTO ledger.events (stream, stream_version, event_type, payload, channel_id, nonce,
-                                          amount, signature, prev_hash, hash)
+                                          amount, signature, prev_hash, hash, signer, replica)
                SELECT $1, e.stream_version, e.event_type, e.payload::jsonb, $5::text::numeric,
-                      e.nonce::numeric, e.amount::numeric, e.signature, e.prev_hash, e.hash
+                      e.nonce::numeric, e.amount::numeric, e.signature, e.prev_hash, e.hash, e.signer,
+                      e.replica
                FROM unnest($6::bigint[], $7::text[], $8::text[], $9::text[], $10::text[], $11::bytea[],
-                           $12::bytea[], $13::bytea[])
-                    AS e (stream_version, event_type, payload, nonce, amount, signature, prev_hash, hash)
+                           $12::bytea[], $13::bytea[], $25::bytea[], $26::text[])
+                    AS e (stream_version, event_type, payload, nonce, amount, signature, prev_hash, hash,
+                          signer, replica)
                WHERE EXISTS (SELECT FROM head)
                RETURNING 1
            ), opened AS (
@@ -204,6 +214,8 @@ pub(super) async fn append_channel_events(
         c.authorized_amount.to_string(),
         c.signature.as_ref().map(|s| s.as_bytes()),
         lease.map(|lease| lease.token),
+        &signers as &[Option<Vec<u8>>],
+        &replicas as &[Option<String>],
     )
     .fetch_one(&mut *conn)
     .await?;

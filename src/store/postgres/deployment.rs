@@ -11,6 +11,11 @@
 //!   for every role but the owner.
 //! - A database written before this record existed has no row until its next `serve`; readers
 //!   treat "no row" as "not known", never as a default.
+//! - For the reporting views (migration 0007), which read neither the chain nor ledger.toml:
+//!   the MPE's token and its decimals, recorded once from the chain and never changed after
+//!   ([`DeploymentError::OtherToken`]); the average block time and the claims-due line, settings
+//!   written at every start of `serve` ([`record_settings`]); and the head block with its time,
+//!   which only moves forward ([`record_head`]: a replica behind another never moves it back).
 
 use sqlx::{PgConnection, PgPool};
 
@@ -34,6 +39,10 @@ pub enum DeploymentError {
     OtherMpe { recorded: EthAddress, configured: EthAddress },
     #[error("the Ethereum node serves chain id {node}, but this database records chain id {recorded}")]
     OtherChain { recorded: u64, node: u64 },
+    #[error(
+        "the MPE's token is now {node} with {node_decimals} decimals, but this database records {recorded} with {recorded_decimals}"
+    )]
+    OtherToken { recorded: EthAddress, recorded_decimals: u8, node: EthAddress, node_decimals: u8 },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -89,4 +98,87 @@ pub async fn record_chain_id(pool: &PgPool, chain_id: u64) -> Result<(), Deploym
         }
         _ => Ok(()),
     }
+}
+
+/// Records the settings the reporting views read (after [`record_mpe`]): written at every start,
+/// since they are configuration, not facts.
+pub async fn record_settings(
+    pool: &PgPool,
+    average_block_time_ms: u64,
+    claims_due_within_blocks: u64,
+) -> Result<(), DeploymentError> {
+    let bigint = |value: u64, what: &str| {
+        i64::try_from(value).map_err(|_| {
+            DeploymentError::Store(StoreError::CorruptLog {
+                stream: "ledger.deployment".to_owned(),
+                reason: format!("{what} {value} does not fit a bigint"),
+            })
+        })
+    };
+    sqlx::query("UPDATE ledger.deployment SET average_block_time_ms = $1, claims_due_within_blocks = $2")
+        .bind(bigint(average_block_time_ms, "average_block_time_ms")?)
+        .bind(bigint(claims_due_within_blocks, "claims_due_within_blocks")?)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Records the MPE's token and its decimals (after [`record_mpe`]), or checks they are the
+/// recorded ones.
+pub async fn record_token(pool: &PgPool, token: EthAddress, decimals: u8) -> Result<(), DeploymentError> {
+    let mut conn = pool.acquire().await.map_err(StoreError::Database)?;
+    sqlx::query(
+        "UPDATE ledger.deployment SET token_address = $1, token_decimals = $2 WHERE token_address IS NULL",
+    )
+    .bind(&token.as_bytes()[..])
+    .bind(i32::from(decimals))
+    .execute(&mut *conn)
+    .await?;
+    let row: Option<(Option<Vec<u8>>, Option<i32>)> =
+        sqlx::query_as("SELECT token_address, token_decimals FROM ledger.deployment")
+            .fetch_optional(&mut *conn)
+            .await?;
+    let corrupt = |reason: String| StoreError::CorruptLog { stream: "ledger.deployment".to_owned(), reason };
+    match row {
+        Some((Some(address), Some(recorded_decimals))) => {
+            let recorded = EthAddress::from_slice(&address).map_err(|e| corrupt(e.to_string()))?;
+            let recorded_decimals = u8::try_from(recorded_decimals)
+                .map_err(|_| corrupt(format!("token decimals {recorded_decimals}")))?;
+            if (recorded, recorded_decimals) != (token, decimals) {
+                return Err(DeploymentError::OtherToken {
+                    recorded,
+                    recorded_decimals,
+                    node: token,
+                    node_decimals: decimals,
+                });
+            }
+            Ok(())
+        }
+        // No record (no MPE recorded yet): nothing to check against.
+        _ => Ok(()),
+    }
+}
+
+/// Records the chain's head block and its timestamp (seconds since the epoch), unless a later one
+/// is recorded already. Returns whether the record moved.
+pub async fn record_head(pool: &PgPool, number: u64, timestamp: u64) -> Result<bool, DeploymentError> {
+    let out_of_range = |what: &str, value: u64| {
+        DeploymentError::Store(StoreError::CorruptLog {
+            stream: "ledger.deployment".to_owned(),
+            reason: format!("the node's head {what} {value} is out of range"),
+        })
+    };
+    let number = i64::try_from(number).map_err(|_| out_of_range("block", number))?;
+    let seconds = i64::try_from(timestamp).map_err(|_| out_of_range("timestamp", timestamp))?;
+    let moved = sqlx::query(
+        "UPDATE ledger.deployment
+         SET head_block = $1, head_block_time = to_timestamp($2::bigint), head_recorded_at = clock_timestamp()
+         WHERE head_block IS NULL OR head_block <= $1",
+    )
+    .bind(number)
+    .bind(seconds)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(moved == 1)
 }

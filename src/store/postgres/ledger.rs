@@ -313,8 +313,9 @@ async fn commit_in(
         return Ok((CommitOutcome::Recorded { version: actual }, None));
     }
     let events: Vec<Event> = commit.events.iter().cloned().map(Event::Channel).collect();
+    let signer = commit.payment.as_ref().map(|payment| payment.signer);
     let (head, transaction_id) =
-        append_channel_events(conn, &stream, current.head, &events, &after, commit.lease).await?;
+        append_channel_events(conn, &stream, current.head, &events, &after, commit.lease, signer).await?;
     if needs_claims {
         write_claims(conn, before.as_ref(), &after).await?;
     }

@@ -1,11 +1,16 @@
 //! Appending to the event log. Each append first moves the stream head with a version-checked
 //! update (so two writers of one stream conflict with 40001, not 23505), then inserts the events
 //! with their hash links, all inside the caller's serializable transaction.
+//!
+//! Beside each event the row keeps columns that its hash does not cover ([`attribution`]): the
+//! signer a payment's signature recovered to at commit, and the replica that wrote it (the lease
+//! holder). Appends without a lease or a payment (the generic channel store, operator events)
+//! leave them NULL.
 
 use sqlx::PgConnection;
 
 use crate::domain::event::{GENESIS_HASH, chain_hash};
-use crate::domain::{ChannelId, Event, StreamId};
+use crate::domain::{ChannelEvent, ChannelId, EthAddress, Event, StreamId};
 
 use crate::store::StoreError;
 
@@ -122,6 +127,20 @@ pub async fn append(
         .await?;
     }
     Ok(current)
+}
+
+/// The `signer` and `replica` columns of one event's row (module doc): `signer` only for a
+/// `payment accepted`, the replica for every event a lease holder writes.
+pub fn attribution(
+    event: &Event,
+    payment_signer: Option<EthAddress>,
+    replica: Option<&str>,
+) -> (Option<Vec<u8>>, Option<String>) {
+    let signer = match event {
+        Event::Channel(ChannelEvent::PaymentAccepted { .. }) => payment_signer,
+        _ => None,
+    };
+    (signer.map(|signer| signer.as_bytes().to_vec()), replica.map(str::to_owned))
 }
 
 pub fn version_to_db(version: u64) -> i64 {

@@ -14,6 +14,8 @@ pub mod ledger;
 pub mod log;
 pub mod logins;
 pub mod projection;
+pub mod readers;
+pub mod reporting;
 
 use std::time::Duration;
 
