@@ -171,6 +171,14 @@ async fn interrupted() -> &'static str {
     }
 }
 
+/// `MPE_LEDGER_BENCH_STEPS=paid` runs the baseline and the paid-call step only (for profiling the
+/// payment path: a full run spends most of its time on the big log).
+const PAID_ONLY: &str = "MPE_LEDGER_BENCH_STEPS";
+
+fn paid_only() -> bool {
+    std::env::var(PAID_ONLY).is_ok_and(|v| v == "paid")
+}
+
 /// Every step, on the bench's cluster.
 async fn run(cluster: &EmbeddedCluster, sizes: &Sizes) {
     let started = std::time::Instant::now();
@@ -226,11 +234,15 @@ async fn run(cluster: &EmbeddedCluster, sizes: &Sizes) {
     bench.small_log().await;
     bench.end_to_end(upstream_port(&upstream)).await;
 
-    // 3. Store level, no network.
-    bench.store_level(ganache.url(), mpe.eth_address(), provider.eth_address()).await;
+    if paid_only() {
+        eprintln!("{PAID_ONLY}=paid: steps 3 to 5 skipped");
+    } else {
+        // 3. Store level, no network.
+        bench.store_level(ganache.url(), mpe.eth_address(), provider.eth_address()).await;
 
-    // 4. and 5. The big log, rebuild, latency on the big log, bytes per event, serve's memory.
-    bench.big_log().await;
+        // 4. and 5. The big log, rebuild, latency on the big log, bytes per event, serve's memory.
+        bench.big_log().await;
+    }
     match ledger.peak_rss_mib() {
         Some(mib) => bench.report.figure("serve", "peak RSS of serve (VmHWM)", format!("{mib:.1} MiB")),
         None => bench.report.figure("serve", "peak RSS of serve (VmHWM)", "unavailable"),
