@@ -1,4 +1,7 @@
-//! The command line: `serve`, `migrate`, `verify`, `rebuild`.
+//! The command line: `serve`, `migrate`, `verify`, `rebuild`, `leases`.
+//!
+//! `verify` and `leases list` only read: they open the database with
+//! [`Purpose::ReadOnly`] (never migrate, READ ONLY sessions, refuse another schema).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -108,7 +111,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify => {
-            let database = Database::open(&settings, Purpose::Command("verify")).await?;
+            let database = Database::open(&settings, Purpose::ReadOnly("verify")).await?;
             let report = verify::verify_report(&database.pool).await;
             database.close().await?;
             let report = report?;
@@ -132,7 +135,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Leases { action } => {
-            let database = Database::open(&settings, Purpose::Command("leases")).await?;
+            let purpose = match action {
+                LeaseAction::List => Purpose::ReadOnly("leases list"),
+                LeaseAction::Release { .. } => Purpose::Command("leases release"),
+            };
+            let database = Database::open(&settings, purpose).await?;
             let leases = PgLeases::new(database.pool.clone(), Metrics::new().store);
             let result = match action {
                 LeaseAction::List => leases.list().await.map(|all| {
