@@ -1,6 +1,6 @@
-//! The command line: `serve`, `migrate`, `verify`, `rebuild`, `leases`.
+//! The command line: `serve`, `migrate`, `verify`, `rebuild`, `leases`, `export`.
 //!
-//! `verify` and `leases list` only read: they open the database with
+//! `verify`, `leases list` and `export` only read: they open the database with
 //! [`Purpose::ReadOnly`] (never migrate, READ ONLY sessions, refuse another schema).
 
 use std::path::PathBuf;
@@ -48,6 +48,8 @@ enum Command {
     Verify,
     /// Recreate the projections from the event log.
     Rebuild,
+    /// Write the log's events or payments as CSV or JSON Lines (read only, streamed, paged).
+    Export(startup::export::ExportArgs),
     /// Inspect or release channel leases (the replacement for `snetd channel --unlock`).
     Leases {
         #[command(subcommand)]
@@ -167,6 +169,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             result?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Export(args) => startup::export::run(&settings, args).await,
         Command::Rebuild => {
             let database = Database::open(&settings, Purpose::Command("rebuild")).await?;
             let metrics = Metrics::new();

@@ -1,4 +1,4 @@
-//! Read-only commands stay read-only: `verify` and `leases list` never migrate (whatever
+//! Read-only commands stay read-only: `verify`, `leases list` and `export` never migrate (whatever
 //! the login and `MIGRATION_DATABASE_URL`), refuse a schema older or newer than theirs naming both
 //! versions, and run every transaction READ ONLY. (On the embedded cluster, with and without a
 //! running `serve`: tests/serve.rs.)
@@ -13,7 +13,8 @@ use mpe_ledger::store::postgres::PgAtomicStorage;
 use mpe_ledger::store::postgres::schema::binary_version;
 use sqlx::{Connection, Executor, PgConnection};
 
-const READ_ONLY_COMMANDS: [&[&str]; 2] = [&["verify"], &["leases", "list"]];
+const READ_ONLY_COMMANDS: [&[&str]; 4] =
+    [&["verify"], &["leases", "list"], &["export", "events"], &["export", "payments", "--format", "jsonl"]];
 
 async fn applied_versions(owner_url: &str) -> Option<Vec<i64>> {
     let mut conn = PgConnection::connect(owner_url).await.unwrap();

@@ -223,7 +223,7 @@ fn an_invalid_setting_stops_start_up_with_one_line_naming_it() {
 /// `mpe-ledger ARGS --data-dir DATA_DIR`, which must succeed.
 async fn read_only_commands_succeed(data_dir: &Path) {
     let data_dir = data_dir.display().to_string();
-    for command in [&["verify"][..], &["leases", "list"]] {
+    for command in [&["verify"][..], &["leases", "list"], &["export", "events"], &["export", "payments"]] {
         common::ledger::run_command(&[command, &["--data-dir", &data_dir]].concat(), &[])
             .await
             .assert_success();
