@@ -358,3 +358,57 @@ async fn an_export_into_a_file_writes_the_same_rows() {
     assert_eq!(run.stdout, "");
     assert_eq!(std::fs::read_to_string(&path).unwrap(), export(&db, &["payments"]).await);
 }
+
+/// Runs `mpe-ledger ARGS` with stderr (and stdout too when `stdout_on_terminal`) on a new
+/// pseudo-terminal; returns what the terminal received and what went to a piped stdout.
+fn on_a_terminal(db: &TestDb, args: &[&str], stdout_on_terminal: bool) -> (String, String) {
+    use std::io::Read;
+    use std::process::Stdio;
+    let pty = nix::pty::openpty(None, None).expect("a pseudo-terminal");
+    let stdout =
+        if stdout_on_terminal { Stdio::from(pty.slave.try_clone().unwrap()) } else { Stdio::piped() };
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_mpe-ledger"));
+    command
+        .args(args)
+        .env("DATABASE_URL", &db.owner_url)
+        .env_remove("MIGRATION_DATABASE_URL")
+        .env("RUST_LOG", "warn")
+        .env("TERM", "xterm")
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(Stdio::from(pty.slave));
+    let child = command.spawn().expect("start mpe-ledger");
+    drop(command);
+    let reader = std::thread::spawn(move || {
+        let mut terminal = std::fs::File::from(pty.master);
+        let mut bytes = Vec::new();
+        let mut buffer = [0u8; 4096];
+        // EIO once the last holder of the terminal's other end has exited.
+        while let Ok(n) = terminal.read(&mut buffer) {
+            if n == 0 {
+                break;
+            }
+            bytes.extend_from_slice(&buffer[..n]);
+        }
+        bytes
+    });
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{args:?}");
+    let terminal = reader.join().unwrap();
+    (String::from_utf8_lossy(&terminal).into_owned(), String::from_utf8(output.stdout).unwrap())
+}
+
+#[tokio::test]
+async fn a_progress_bar_is_drawn_on_a_terminal_only_when_the_rows_go_elsewhere() {
+    let db = scripted_history().await;
+    let piped = export(&db, &["events", "--page-size", "2"]).await;
+
+    let (terminal, rows) = on_a_terminal(&db, &["export", "events", "--page-size", "2"], false);
+    assert_eq!(rows, piped, "the rows carry no byte of the bar");
+    assert!(terminal.contains("export [") && terminal.contains("9 rows"), "{terminal:?}");
+
+    // Rows on the terminal itself: no bar drawn over them (the terminal turns \n into \r\n).
+    let (terminal, rows) = on_a_terminal(&db, &["export", "events", "--page-size", "2"], true);
+    assert_eq!(rows, "");
+    assert_eq!(terminal.replace("\r\n", "\n"), piped);
+}

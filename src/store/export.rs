@@ -20,6 +20,8 @@
 //! - Within a stream position order is version order (see `store::verify`), so both scans yield
 //!   events in position order.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, PgPool};
 
@@ -75,10 +77,10 @@ pub struct ExportRow {
 #[derive(Debug, Clone)]
 pub struct ExportScan {
     /// The page statement ([`page_sql`]).
-    sql: String,
+    sql: Arc<str>,
     filter: ExportFilter,
     /// `pg_current_snapshot()` of the start, as text.
-    snapshot: String,
+    snapshot: Arc<str>,
     /// `channel/<id>` when one channel is exported.
     stream: Option<String>,
     /// The last key read; the next page starts after it.
@@ -146,8 +148,8 @@ impl ExportScan {
                 .await?
             }
         };
-        let sql = page_sql(kind, stream.is_some());
-        Ok(Self { filter, snapshot, stream, sql, low: 0, end: end.unwrap_or(0), page })
+        let sql = page_sql(kind, stream.is_some()).into();
+        Ok(Self { filter, snapshot: snapshot.into(), stream, sql, low: 0, end: end.unwrap_or(0), page })
     }
 
     /// The keys this export goes through: positions, or the channel's versions.
@@ -155,7 +157,7 @@ impl ExportScan {
         u64::try_from(self.end).unwrap_or(0)
     }
 
-    /// The keys read so far.
+    /// The keys handed out so far ([`Self::next_page_query`]).
     pub fn keys_done(&self) -> u64 {
         u64::try_from(self.low.min(self.end)).unwrap_or(0)
     }
@@ -163,23 +165,58 @@ impl ExportScan {
     /// The next page's rows in position order (possibly none, when filters keep nothing of it), or
     /// `None` once every key of the cut was read. One statement, so one short transaction.
     pub async fn next_page(&mut self, pool: &PgPool) -> Result<Option<Vec<ExportRow>>, StoreError> {
+        match self.next_page_query() {
+            Some(page) => page.fetch(pool).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The next page to read, as a query that borrows nothing, so that a caller can read it while
+    /// it writes the page before (at most two pages are then held); `None` once every key of the
+    /// cut was handed out.
+    pub fn next_page_query(&mut self) -> Option<PageQuery> {
         if self.low >= self.end {
-            return Ok(None);
+            return None;
         }
         let high = self.low.saturating_add(self.page).min(self.end);
-        let query = sqlx::query_as::<_, ExportRow>(AssertSqlSafe(self.sql.clone()))
+        let page = PageQuery {
+            sql: self.sql.clone(),
+            low: self.low,
+            high,
+            snapshot: self.snapshot.clone(),
+            filter: self.filter.clone(),
+            stream: self.stream.clone(),
+        };
+        self.low = high;
+        Some(page)
+    }
+}
+
+/// One page of an [`ExportScan`]: the keys `(low, high]` of its cut.
+#[derive(Debug, Clone)]
+pub struct PageQuery {
+    sql: Arc<str>,
+    low: i64,
+    high: i64,
+    snapshot: Arc<str>,
+    filter: ExportFilter,
+    stream: Option<String>,
+}
+
+impl PageQuery {
+    /// Reads the page: one statement, so one short read-only transaction.
+    pub async fn fetch(self, pool: &PgPool) -> Result<Vec<ExportRow>, StoreError> {
+        let query = sqlx::query_as::<_, ExportRow>(AssertSqlSafe(self.sql.to_string()))
             .bind(self.low)
-            .bind(high)
-            .bind(&self.snapshot)
+            .bind(self.high)
+            .bind(&*self.snapshot)
             .bind(self.filter.since)
             .bind(self.filter.until);
-        let query = match &self.stream {
-            Some(stream) => query.bind(stream.clone()),
+        let query = match self.stream {
+            Some(stream) => query.bind(stream),
             None => query,
         };
-        let rows = query.fetch_all(pool).await?;
-        self.low = high;
-        Ok(Some(rows))
+        Ok(query.fetch_all(pool).await?)
     }
 }
 

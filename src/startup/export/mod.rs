@@ -5,8 +5,9 @@
 //! - It only reads: the database is opened with [`Purpose::ReadOnly`] (no migration, READ ONLY
 //!   sessions, this binary's schema or a refusal), and reads go in short pages of one consistent
 //!   cut (`store::export`).
-//! - Streamed: rows are written page by page and the output is flushed after each page, so memory
-//!   is bounded by one page whatever the size of the log.
+//! - Streamed: rows are written page by page and the output is flushed after each page; the next
+//!   page is read while one is written, so memory is bounded by two pages whatever the size of the
+//!   log.
 //! - A progress bar (on stderr) only when stderr is a terminal and the rows do not go to that
 //!   terminal (`--output FILE`, or stdout redirected): piped output never carries a bar's bytes.
 //! - Bad arguments are refused before anything is opened, with a message naming the argument and
@@ -28,7 +29,9 @@ use sqlx::PgPool;
 use super::{Database, DatabaseSettings, Purpose};
 use crate::domain::ChannelId;
 use crate::store::StoreError;
-use crate::store::export::{EXPORT_PAGE_KEYS, EXPORT_PAGE_KEYS_MAX, ExportFilter, ExportKind, ExportScan};
+use crate::store::export::{
+    EXPORT_PAGE_KEYS, EXPORT_PAGE_KEYS_MAX, ExportFilter, ExportKind, ExportScan, PageQuery,
+};
 use format::{Format, RowWriter};
 
 /// Bytes buffered before a write to the output.
@@ -112,6 +115,8 @@ enum Stopped {
     ReaderGone,
     Output(io::Error),
     Store(StoreError),
+    /// The task reading a page failed to finish (it panicked).
+    Reader(tokio::task::JoinError),
 }
 
 /// Runs `mpe-ledger export`.
@@ -145,6 +150,7 @@ pub async fn run(settings: &DatabaseSettings, args: ExportArgs) -> anyhow::Resul
             None => "export: writing standard output".to_owned(),
         })),
         Err(Stopped::Store(error)) => Err(anyhow::Error::new(error).context("export: reading the log")),
+        Err(Stopped::Reader(error)) => Err(anyhow::Error::new(error).context("export: reading a page")),
     }
 }
 
@@ -166,13 +172,23 @@ async fn export(
     let progress = progress_bar(show_progress, scan.total_keys());
     writer.header(output).map_err(output_error)?;
     let mut rows = 0u64;
-    while let Some(page) = scan.next_page(pool).await.map_err(Stopped::Store)? {
+    // The next page is read while this one is written: at most two pages are held.
+    let read = |page: PageQuery| {
+        let pool = pool.clone();
+        tokio::spawn(async move { page.fetch(&pool).await })
+    };
+    let mut reading = scan.next_page_query().map(read);
+    while let Some(page) = reading {
+        let page = page.await.map_err(Stopped::Reader)?;
+        let page = page.map_err(Stopped::Store)?;
+        let done = scan.keys_done();
+        reading = scan.next_page_query().map(read);
         for row in &page {
             writer.row(output, row).map_err(output_error)?;
         }
         output.flush().map_err(output_error)?;
         rows += page.len() as u64;
-        progress.set_position(scan.keys_done());
+        progress.set_position(done);
         progress.set_message(format!("{rows} rows"));
     }
     output.flush().map_err(output_error)?;
