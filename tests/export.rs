@@ -150,9 +150,12 @@ async fn payments_are_exported_as_exact_json_lines_with_amounts_as_strings() {
     );
 }
 
+/// position, stream, stream_version, event_type, payload, prev_hash, hash.
+type StoredEvent = (i64, String, i64, String, String, Vec<u8>, Vec<u8>);
+
 /// The JSON Lines of every event, built from the script and the library's hash chain.
 async fn expected_event_lines(db: &TestDb) -> Vec<String> {
-    let rows: Vec<(i64, String, i64, String, String, Vec<u8>, Vec<u8>)> = sqlx::query_as(
+    let rows: Vec<StoredEvent> = sqlx::query_as(
         "SELECT position, stream, stream_version, event_type, payload::text, prev_hash, hash \
          FROM ledger.events ORDER BY position",
     )

@@ -17,6 +17,9 @@
 //! - **Exact values.** Amounts, nonces and channel ids leave the database as the decimal text of
 //!   `numeric(78,0)` and are never converted; times are `recorded_at` in UTC with microseconds
 //!   (the insert time, not the commit time).
+//! - A time range is a filter, not a seek: the scan still walks every key of the cut (there is no
+//!   index on `recorded_at`, and insert times are not strictly ordered with positions under
+//!   concurrent writers), so each page stays bounded and no event of the range can be missed.
 //! - Within a stream position order is version order (see `store::verify`), so both scans yield
 //!   events in position order.
 
