@@ -415,3 +415,27 @@ async fn a_progress_bar_is_drawn_on_a_terminal_only_when_the_rows_go_elsewhere()
     assert_eq!(rows, "");
     assert_eq!(terminal.replace("\r\n", "\n"), piped);
 }
+
+#[tokio::test]
+async fn a_reader_that_closes_the_pipe_early_ends_the_export_quietly() {
+    let db = TestDb::new().await;
+    // Some 1.5 MB of CSV: far more than a pipe holds, so the export is still writing when the
+    // reader goes.
+    common::generated_log::fill_generated_log(&db, 10, 500).await;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mpe-ledger"))
+        .args(["export", "events", "--page-size", "100"])
+        .env("DATABASE_URL", &db.owner_url)
+        .env_remove("MIGRATION_DATABASE_URL")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut first)
+        .unwrap();
+    assert!(first.starts_with("position,recorded_at,"), "{first}");
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&output.stderr), "");
+    assert!(output.status.success(), "{:?}", output.status);
+}

@@ -17,34 +17,16 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use common::TestDb;
+use common::generated_log::fill_generated_log;
 use nix::sys::resource::{UsageWho, getrusage};
 use sqlx::{Connection, Executor};
 
 const CHANNELS: i64 = 1000;
 
 async fn fill(db: &TestDb, events: i64) {
-    let per_channel = events / CHANNELS;
-    let mut owner = db.owner().await;
     let started = Instant::now();
-    let sql = format!(
-        "INSERT INTO ledger.events (stream, stream_version, event_type, payload, channel_id, nonce, amount, signature, prev_hash, hash)
-         SELECT 'channel/' || c, v,
-                CASE WHEN v = 1 THEN 'channel_merged_from_chain' ELSE 'payment_accepted' END,
-                CASE WHEN v = 1
-                     THEN jsonb_build_object('type', 'channel_merged_from_chain', 'block', NULL, 'chain',
-                          jsonb_build_object('nonce', '0', 'value', '1000000000000000000000', 'expiration', '100000'))
-                     ELSE jsonb_build_object('type', 'payment_accepted', 'nonce', '0', 'amount', ((v - 1) * 10)::text,
-                          'signature', '0x' || repeat('ab', 65)) END,
-                c, 0, CASE WHEN v = 1 THEN 1000000000000000000000 ELSE (v - 1) * 10 END,
-                CASE WHEN v = 1 THEN NULL ELSE decode(repeat('ab', 65), 'hex') END,
-                sha256(('p' || c || '/' || v)::bytea), sha256(('h' || c || '/' || v)::bytea)
-         FROM generate_series(1, {per_channel}) AS v, generate_series(1, {CHANNELS}) AS c
-         ORDER BY v, c"
-    );
-    owner.execute(sqlx::AssertSqlSafe(sql)).await.expect("fill the log");
-    owner.execute("ANALYZE ledger.events").await.unwrap();
-    owner.close().await.unwrap();
-    println!("filled {} events in {:.1} s", per_channel * CHANNELS, started.elapsed().as_secs_f64());
+    let filled = fill_generated_log(db, CHANNELS, events / CHANNELS).await;
+    println!("filled {filled} events in {:.1} s", started.elapsed().as_secs_f64());
 }
 
 /// Runs the export into a pipe drained here; returns (lines, bytes, seconds).

@@ -13,6 +13,7 @@ pub mod escrow;
 pub mod escrow_world;
 pub mod ganache;
 pub mod gateway;
+pub mod generated_log;
 pub mod ledger;
 pub mod pg_proxy;
 pub mod tls;
