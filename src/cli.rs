@@ -1,4 +1,8 @@
-//! The command line: `serve`, `migrate`, `verify`, `rebuild`, `leases`, `claims due`, `reader add`.
+//! The command line: `serve`, `migrate`, `verify`, `rebuild`, `leases`, `export`, `claims due`,
+//! `reader add`.
+//!
+//! `verify`, `leases list`, `export` and `claims due` only read: they open the database with
+//! [`Purpose::ReadOnly`] (never migrate, READ ONLY sessions, refuse another schema).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,6 +49,8 @@ enum Command {
     Verify,
     /// Recreate the projections from the event log.
     Rebuild,
+    /// Write the log's events or payments as CSV or JSON Lines (read only, streamed, paged).
+    Export(startup::export::ExportArgs),
     /// Inspect or release channel leases (the replacement for `snetd channel --unlock`).
     Leases {
         #[command(subcommand)]
@@ -137,7 +143,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify => {
-            let database = Database::open(&settings, Purpose::Command("verify")).await?;
+            let database = Database::open(&settings, Purpose::ReadOnly("verify")).await?;
             let report = verify::verify_report(&database.pool).await;
             database.close().await?;
             let report = report?;
@@ -161,7 +167,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Leases { action } => {
-            let database = Database::open(&settings, Purpose::Command("leases")).await?;
+            let purpose = match action {
+                LeaseAction::List => Purpose::ReadOnly("leases list"),
+                LeaseAction::Release { .. } => Purpose::Command("leases release"),
+            };
+            let database = Database::open(&settings, purpose).await?;
             let leases = PgLeases::new(database.pool.clone(), Metrics::new().store);
             let result = match action {
                 LeaseAction::List => leases.list().await.map(|all| {
@@ -189,6 +199,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             result?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Export(args) => startup::export::run(&settings, args).await,
         Command::Claims { action: ClaimsAction::Due { within } } => {
             crate::commands::claims_due::run(&settings, within).await
         }

@@ -18,6 +18,7 @@ use mpe_ledger::store::AtomicStorage;
 use mpe_ledger::store::postgres::{PgAtomicStorage, connect};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use sqlx::Connection;
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -217,4 +218,61 @@ fn an_invalid_setting_stops_start_up_with_one_line_naming_it() {
     assert!(!output.status.success());
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("invalid setting ethereum_rpc_url: missing"), "{stderr}");
+}
+
+/// `mpe-ledger ARGS --data-dir DATA_DIR`, which must succeed.
+async fn read_only_commands_succeed(data_dir: &Path) {
+    let data_dir = data_dir.display().to_string();
+    for command in [&["verify"][..], &["leases", "list"], &["export", "events"], &["export", "payments"]] {
+        common::ledger::run_command(&[command, &["--data-dir", &data_dir]].concat(), &[])
+            .await
+            .assert_success();
+    }
+}
+
+#[tokio::test]
+async fn read_only_commands_use_the_embedded_cluster_with_and_without_serve_and_never_create_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let guard = StopClusterOnDrop(dir.path().join("ledger"));
+    let data_dir = guard.root().to_path_buf();
+    let data_dir_text = data_dir.display().to_string();
+    let ledger = |args: &'static [&'static str]| {
+        let args: Vec<&str> = [args, &["--data-dir", &data_dir_text]].concat();
+        async move { common::ledger::run_command(&args, &[]).await }
+    };
+
+    let refused = ledger(&["verify"]).await;
+    assert!(!refused.success());
+    assert!(refused.stderr.contains("there is no ledger in"), "{}", refused.stderr);
+    assert!(!data_dir.exists(), "a read-only command created a data directory");
+
+    ledger(&["migrate"]).await.assert_success();
+    assert!(!is_running(&data_dir).await.unwrap());
+    // Nobody runs it: each command starts it, and stops it after.
+    read_only_commands_succeed(&data_dir).await;
+    assert!(!is_running(&data_dir).await.unwrap(), "a read-only command left the cluster running");
+
+    // Beside a running serve: they attach and leave it running.
+    let port = free_port();
+    let mut serve = start_serve(&data_dir, port);
+    wait_healthy(port, &mut serve).await;
+    read_only_commands_succeed(&data_dir).await;
+    assert!(is_running(&data_dir).await.unwrap(), "a read-only command stopped serve's cluster");
+    wait_healthy(port, &mut serve).await;
+    terminate(serve);
+    assert!(!is_running(&data_dir).await.unwrap());
+
+    // A schema they do not know is refused, and the cluster they started for it stopped again.
+    let cluster = EmbeddedCluster::ensure_running(&data_dir).await.unwrap();
+    let mut owner = sqlx::PgConnection::connect(&cluster.url(DATABASE_NAME)).await.unwrap();
+    sqlx::raw_sql("INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (9999, 'later', true, '\\x00', 0)")
+        .execute(&mut owner)
+        .await
+        .unwrap();
+    sqlx::Connection::close(owner).await.unwrap();
+    cluster.stop().await.unwrap();
+    let refused = ledger(&["verify"]).await;
+    assert!(refused.stderr.contains("the database is at migration 9999"), "{}", refused.stderr);
+    assert!(!is_running(&data_dir).await.unwrap(), "the refusing command left the cluster running");
+    drop(guard);
 }

@@ -22,7 +22,7 @@ pub const DEFAULT_WITHIN_BLOCKS: u64 = DEFAULT_EXPIRATION_THRESHOLD;
 pub const STALE_HEAD_SECONDS: i64 = 300;
 
 pub async fn run(settings: &DatabaseSettings, within: Option<u64>) -> anyhow::Result<ExitCode> {
-    let database = Database::open(settings, Purpose::Command("claims due")).await?;
+    let database = Database::open(settings, Purpose::ReadOnly("claims due")).await?;
     let report = async {
         let within = match within {
             Some(within) => within,

@@ -14,15 +14,28 @@
 //! - **`DATABASE_URL` alone, a login that can lift the guard** (a superuser, as in set-ups from
 //!   before this rule): it migrates and serves as before, its sessions switching to the writer
 //!   role, and start-up logs a warning that the guard then holds against bugs only.
+//!
+//! **Read-only commands** ([`Purpose::ReadOnly`]: `verify`, `leases list`, `export`) never migrate,
+//! whatever the login and `MIGRATION_DATABASE_URL`: they refuse a database whose applied
+//! migrations are not exactly this binary's, naming both versions
+//! (`store::postgres::schema`), and every session of their pool has
+//! `default_transaction_read_only = on`, so a write in any of their transactions fails. On the
+//! embedded cluster they own it when nobody does (started for the command, stopped after it, also
+//! when the schema is refused) and attach beside a running `serve` otherwise; they never create a
+//! cluster or the database (a data directory without them is refused).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use sqlx::PgPool;
+use sqlx::{Connection, PgConnection, PgPool};
 
 use super::cluster::{self, DATABASE_NAME, EmbeddedCluster};
+use crate::store::postgres::schema::{self, AppliedMigrations, check_schema};
 use crate::store::postgres::{self, logins};
+
+/// Connections of a read-only command's pool: it reads one page or one snapshot at a time.
+const READ_ONLY_POOL_SIZE: u32 = 4;
 
 /// Where to find the database.
 #[derive(Debug, Clone, Default)]
@@ -43,6 +56,9 @@ pub enum Purpose {
     Serve,
     /// A one-shot command (its name): owns the cluster when nobody does, else attaches as a guest.
     Command(&'static str),
+    /// A one-shot command that only reads (its name): the cluster as for [`Purpose::Command`], no
+    /// migration, READ ONLY sessions, this binary's schema or a refusal (module doc).
+    ReadOnly(&'static str),
 }
 
 /// A migrated database and, when this process owns it, the cluster to stop afterwards.
@@ -54,7 +70,7 @@ pub struct Database {
     /// Shared with its supervisor while `serve` runs.
     pub cluster: Option<Arc<EmbeddedCluster>>,
     /// The service's login is a superuser or a member of the owner (only with an external
-    /// `DATABASE_URL`): `serve` warns about it.
+    /// `DATABASE_URL`; not asked for [`Purpose::ReadOnly`]): `serve` warns about it.
     pub login_can_lift_guard: bool,
 }
 
@@ -62,6 +78,9 @@ impl Database {
     /// Connects (starting the embedded cluster if needed) and applies the migrations, or checks
     /// that they are applied (module doc).
     pub async fn open(settings: &DatabaseSettings, purpose: Purpose) -> anyhow::Result<Self> {
+        if let Purpose::ReadOnly(command) = purpose {
+            return Self::open_read_only(settings, command).await;
+        }
         let (url, cluster, login_can_lift_guard) = match &settings.database_url {
             Some(url) => {
                 let can_lift_guard = migrate_external(url, settings.migration_url.as_deref()).await?;
@@ -71,7 +90,9 @@ impl Database {
                 let root = settings.data_dir.clone().unwrap_or_else(cluster::default_data_root);
                 let cluster = match purpose {
                     Purpose::Serve => EmbeddedCluster::own(&root, "serve").await?,
-                    Purpose::Command(command) => EmbeddedCluster::own_or_attach(&root, command).await?,
+                    Purpose::Command(command) | Purpose::ReadOnly(command) => {
+                        EmbeddedCluster::own_or_attach(&root, command).await?
+                    }
                 };
                 cluster.create_database_if_missing(DATABASE_NAME).await?;
                 tracing::info!(data_dir = %root.display(), port = cluster.port(), "embedded PostgreSQL cluster ready");
@@ -87,6 +108,46 @@ impl Database {
         Ok(Self { pool, operational, cluster, login_can_lift_guard })
     }
 
+    /// [`Self::open`] for [`Purpose::ReadOnly`] (module doc).
+    async fn open_read_only(settings: &DatabaseSettings, command: &'static str) -> anyhow::Result<Self> {
+        let read_only = |pool: PgPool, cluster| Self {
+            operational: pool.clone(),
+            pool,
+            cluster,
+            login_can_lift_guard: false,
+        };
+        if let Some(url) = &settings.database_url {
+            check_schema_at(url).await?;
+            return Ok(read_only(connect_read_only(url).await?, None));
+        }
+        let root = settings.data_dir.clone().unwrap_or_else(cluster::default_data_root);
+        if !cluster::exists_in(&root) {
+            anyhow::bail!(
+                "there is no ledger in {}: the data directory holds no cluster, and `{command}` only \
+                 reads (`mpe-ledger migrate` or `serve` creates it)",
+                root.display()
+            );
+        }
+        let cluster = EmbeddedCluster::own_or_attach(&root, command).await?;
+        let opened = async {
+            if !cluster.has_database(DATABASE_NAME).await? {
+                check_schema(&AppliedMigrations::Known(Vec::new()))?;
+            }
+            check_schema_at(&cluster.url(DATABASE_NAME)).await?;
+            connect_read_only(&cluster.writer_url(DATABASE_NAME)).await
+        }
+        .await;
+        match opened {
+            Ok(pool) => Ok(read_only(pool, Some(Arc::new(cluster)))),
+            Err(error) => {
+                if let Err(stop) = cluster.stop_if_owner().await {
+                    tracing::warn!(error = %stop, "could not stop the embedded cluster after the refusal");
+                }
+                Err(error)
+            }
+        }
+    }
+
     /// Closes the pool and stops the cluster if this process owns it.
     pub async fn close(self) -> anyhow::Result<()> {
         self.operational.close().await;
@@ -97,6 +158,23 @@ impl Database {
         }
         Ok(())
     }
+}
+
+/// Refuses the database at `url` unless its schema is this binary's; reads only.
+async fn check_schema_at(url: &str) -> anyhow::Result<()> {
+    let mut conn = PgConnection::connect(url).await.context("connecting to the database")?;
+    sqlx::raw_sql("SET default_transaction_read_only = on")
+        .execute(&mut conn)
+        .await
+        .context("connecting to the database")?;
+    let applied = schema::applied_migrations(&mut conn).await.context("reading the applied migrations");
+    let _ = conn.close().await;
+    check_schema(&applied?)?;
+    Ok(())
+}
+
+async fn connect_read_only(url: &str) -> anyhow::Result<PgPool> {
+    postgres::connect_read_only(url, READ_ONLY_POOL_SIZE).await.context("connecting to the database")
 }
 
 async fn migrate(url: &str) -> anyhow::Result<()> {

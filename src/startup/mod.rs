@@ -2,10 +2,12 @@
 //!
 //! With no `DATABASE_URL` the ledger runs its own Postgres cluster in the data directory
 //! ([`cluster`]); with one, it uses that database and never starts anything. The public port, plain
-//! or TLS, its signals and its graceful shutdown are [`public_port`].
+//! or TLS, its signals and its graceful shutdown are [`public_port`]; `mpe-ledger export` is
+//! [`export`].
 
 pub mod cluster;
 mod database;
+pub mod export;
 pub mod public_port;
 pub mod reporting;
 

@@ -7,6 +7,7 @@
 pub mod atomic;
 pub mod channels;
 pub mod claim_cursors;
+pub mod export;
 pub mod leases;
 pub mod memory;
 pub mod postgres;

@@ -1,7 +1,7 @@
 //! `mpe-ledger serve` as a child process for the end-to-end tests and the benchmark: [`Ledger`],
 //! configured by `MPE_LEDGER_*` variables (or a config file, [`Ledger::start_with_config`]), healthy
 //! once `GET /healthz` answers 200 (over https trusting the test CA when it serves TLS), stopped with
-//! SIGTERM when dropped; and `mpe-ledger verify` ([`verify`]).
+//! SIGTERM when dropped; and one-shot commands such as `mpe-ledger verify` ([`run_command`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -308,23 +308,48 @@ pub async fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
 
 /// `mpe-ledger verify` on `database_url`, printed like a client command.
 pub async fn verify(database_url: &str) -> ScriptRun {
-    let command = "DATABASE_URL=<test database> mpe-ledger verify".to_owned();
+    run_command(&["verify"], &[("DATABASE_URL", database_url)]).await
+}
+
+/// `mpe-ledger ARGS` with exactly `env` of the database settings (`DATABASE_URL`,
+/// `MIGRATION_DATABASE_URL`, `MPE_LEDGER_DATA_DIR`; the test's own are removed), stdin closed and
+/// stdout and stderr captured (so both are pipes, never a terminal); printed like a client command
+/// (URLs hidden) with its output.
+pub async fn run_command(args: &[&str], env: &[(&str, &str)]) -> ScriptRun {
+    let shown: Vec<String> =
+        env.iter()
+            .map(|(key, value)| {
+                if key.ends_with("_URL") {
+                    format!("{key}=<test database>")
+                } else {
+                    format!("{key}={value}")
+                }
+            })
+            .collect();
+    let command = format!("{} mpe-ledger {}", shown.join(" "), args.join(" "));
     println!("\n>>> {command}");
     let output = Command::new(env!("CARGO_BIN_EXE_mpe-ledger"))
-        .arg("verify")
-        .env("DATABASE_URL", database_url)
+        .args(args)
+        .env_remove("DATABASE_URL")
         .env_remove("MIGRATION_DATABASE_URL")
+        .env_remove("MPE_LEDGER_DATA_DIR")
+        .envs(env.iter().copied())
         .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
         .output()
         .await
-        .expect("run mpe-ledger verify");
+        .expect("run mpe-ledger");
     let run = ScriptRun {
         command,
         code: output.status.code(),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     };
-    println!("{}{}<<< exit {:?}", run.stdout, run.stderr, run.code);
+    if run.stdout.len() < 4096 {
+        println!("{}{}<<< exit {:?}", run.stdout, run.stderr, run.code);
+    } else {
+        println!("({} bytes of output){}<<< exit {:?}", run.stdout.len(), run.stderr, run.code);
+    }
     run
 }
 

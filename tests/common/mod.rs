@@ -13,6 +13,7 @@ pub mod escrow;
 pub mod escrow_world;
 pub mod ganache;
 pub mod gateway;
+pub mod generated_log;
 pub mod ledger;
 pub mod paying;
 pub mod pg_proxy;
@@ -69,6 +70,17 @@ pub fn with_database(url: &str, database: &str) -> String {
     }
 }
 
+/// A fresh database that nothing has migrated: its name and superuser URL.
+pub async fn unmigrated_database() -> (String, String) {
+    let admin = admin_url().await;
+    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = PgConnection::connect(&admin).await.expect("connect to the test cluster");
+    conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).await.expect("create test database");
+    conn.close().await.ok();
+    let owner_url = with_database(&admin, &name);
+    (name, owner_url)
+}
+
 /// A fresh migrated database.
 pub struct TestDb {
     pub name: String,
@@ -85,14 +97,7 @@ impl TestDb {
     }
 
     pub async fn with_pool_size(pool_size: u32) -> Self {
-        let admin = admin_url().await;
-        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
-        let mut conn = PgConnection::connect(&admin).await.expect("connect to the test cluster");
-        conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .await
-            .expect("create test database");
-        conn.close().await.ok();
-        let owner_url = with_database(&admin, &name);
+        let (name, owner_url) = unmigrated_database().await;
         postgres::migrate(&owner_url).await.expect("migrations apply");
         let pool = postgres::connect(&owner_url, pool_size).await.expect("service pool");
         Self { name, owner_url, pool, metrics: Arc::new(StoreMetrics::unregistered()) }

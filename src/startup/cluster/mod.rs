@@ -90,6 +90,11 @@ async fn prepare(data_root: &Path) -> Result<Server, ClusterError> {
     Ok(Server { bin_dir, user, data_root: root })
 }
 
+/// Whether `data_root` holds an initialised cluster (running or not).
+pub fn exists_in(data_root: &Path) -> bool {
+    data_root.join(PGDATA_DIR).join("PG_VERSION").exists()
+}
+
 /// Whether the cluster in `data_root` is running (`pg_ctl status`). No cluster means not running.
 pub async fn is_running(data_root: &Path) -> Result<bool, ClusterError> {
     let pgdata = data_root.join(PGDATA_DIR);
@@ -303,6 +308,17 @@ impl EmbeddedCluster {
                 Err(_) => tokio::time::sleep(CONNECT_RETRY).await,
             }
         }
+    }
+
+    /// Whether the database `name` exists (read only: nothing is created).
+    pub async fn has_database(&self, name: &str) -> Result<bool, ClusterError> {
+        let mut conn = self.connect("postgres").await?;
+        let sql = "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)";
+        let exists = sqlx::query_scalar(sql).bind(name).fetch_one(&mut conn).await.map_err(|source| {
+            ClusterError::Sql { url: self.redacted_url("postgres"), statement: sql.to_string(), source }
+        });
+        let _ = conn.close().await;
+        exists
     }
 
     /// `CREATE DATABASE <name>` unless it exists. A concurrent creator is not an error.

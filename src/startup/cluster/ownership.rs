@@ -9,7 +9,7 @@
 //! - The owner stops the cluster on its graceful stop, whether it started it or adopted it.
 //! - A kill -9 of the owner frees the lock and leaves the cluster running; the next owner
 //!   **adopts** it (attaches, and stops it when it stops itself), so it is never orphaned.
-//! - One-shot commands (`migrate`, `verify`, `rebuild`, `leases`) take ownership when it is free
+//! - One-shot commands (`migrate`, `verify`, `rebuild`, `leases`, `export`) take ownership when it is free
 //!   and otherwise attach as guests, which never stop the cluster: an operator can list leases
 //!   beside a running `serve`.
 //! - The lock file is opened close-on-exec, so the postmaster never inherits it: the lock dies

@@ -8,12 +8,9 @@
 
 use sqlx::{Connection, PgConnection};
 
+use super::schema::{AppliedMigrations, FIRST_MIGRATION_READABLE_BY_WRITER, applied_migrations};
 use super::{MIGRATOR, OWNER_ROLE};
 use crate::store::StoreError;
-
-/// SQLSTATE 42P01 undefined_table, 42501 insufficient_privilege.
-const UNDEFINED_TABLE: &str = "42P01";
-const INSUFFICIENT_PRIVILEGE: &str = "42501";
 
 /// The attributes of a session's login that matter for the append-only guard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,19 +48,11 @@ pub async fn login_privilege(url: &str) -> Result<LoginPrivilege, StoreError> {
 /// before migration 4, which grants it) sees every migration from 4 on as missing.
 pub async fn missing_migrations(url: &str) -> Result<Vec<i64>, StoreError> {
     let mut conn = PgConnection::connect(url).await?;
-    let applied: Result<Vec<i64>, sqlx::Error> =
-        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success").fetch_all(&mut conn).await;
+    let applied = applied_migrations(&mut conn).await;
     let _ = conn.close().await;
-    let applied = match applied {
-        Ok(applied) => applied,
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(UNDEFINED_TABLE) => Vec::new(),
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(INSUFFICIENT_PRIVILEGE) => {
-            (1..FIRST_MIGRATION_READABLE_BY_WRITER).collect()
-        }
-        Err(e) => return Err(e.into()),
+    let applied: Vec<i64> = match applied? {
+        AppliedMigrations::Known(applied) => applied.into_iter().map(|m| m.version).collect(),
+        AppliedMigrations::Unreadable => (1..FIRST_MIGRATION_READABLE_BY_WRITER).collect(),
     };
     Ok(MIGRATOR.iter().map(|m| m.version).filter(|v| !applied.contains(v)).collect())
 }
-
-/// The migration that lets the writer read `_sqlx_migrations`.
-const FIRST_MIGRATION_READABLE_BY_WRITER: i64 = 4;

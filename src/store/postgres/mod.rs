@@ -16,6 +16,7 @@ pub mod logins;
 pub mod projection;
 pub mod readers;
 pub mod reporting;
+pub mod schema;
 
 use std::time::Duration;
 
@@ -50,6 +51,14 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreErr
 pub fn connect_operational(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
     let session = "SET ROLE mpe_ledger_writer; SET synchronous_commit = off";
     Ok(pool_options(max_connections, session).connect_lazy_with(url.parse()?))
+}
+
+/// The pool of a read-only command (`verify`, `leases list`, `export`): every session runs as
+/// [`WRITER_ROLE`] with `default_transaction_read_only = on`, so any write in any of its
+/// transactions fails with SQLSTATE 25006 (read_only_sql_transaction).
+pub async fn connect_read_only(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
+    let session = "SET ROLE mpe_ledger_writer; SET default_transaction_read_only = on";
+    Ok(pool_options(max_connections, session).connect_with(url.parse()?).await?)
 }
 
 /// A pool of at most `max_connections` whose every new session first runs `session` (one simple
