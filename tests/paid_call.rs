@@ -396,6 +396,7 @@ async fn a_long_call_keeps_its_lease_renewed_past_the_lease_lifetime() {
     assert_eq!((reply.status, reply.message.as_str()), (OK, ""));
     assert_eq!(world.accepted_amounts().await, amounts(&[PRICE]));
     // Renewal stopped with the call, and the commit released the lease.
+    assert_eq!(world.payments.leases_held(), 0, "the call's lease is no longer kept renewed");
     world.pay_successfully(0, 2 * PRICE).await;
 }
 
@@ -414,6 +415,7 @@ async fn a_call_abandoned_by_its_client_gives_the_lease_back_at_once() {
     let _ = call.await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(world.snapshot().await, before, "nothing recorded for the abandoned call");
+    assert_eq!(world.payments.leases_held(), 0, "the abandoned call's lease is no longer kept renewed");
     // Well before the lease's expiry, the same payment goes through.
     world.pay_successfully(0, PRICE).await;
     assert_eq!(world.accepted_amounts().await, amounts(&[PRICE]));

@@ -18,6 +18,7 @@ pub mod claims;
 pub mod head_block;
 pub mod metrics;
 pub mod payments;
+pub mod renewals;
 
 use std::time::Duration;
 

@@ -31,6 +31,7 @@ use crate::store::retry::Retry;
 
 use super::EscrowConfig;
 use super::channels::{ChannelSource, Freshness, LookupError, MergedChannel};
+use super::renewals::{Renewals, Renewing};
 
 /// A validated payment holding its channel's lease, waiting for the call's outcome.
 #[derive(Debug)]
@@ -69,15 +70,34 @@ impl PaymentTransaction {
 /// Shortest interval between two lease renewals, whatever the lease's lifetime.
 const MIN_RENEWAL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
 
+/// How often a held lease is renewed: a third of its lifetime, so two renewals may fail before it
+/// expires.
+fn renewal_interval(config: &EscrowConfig) -> std::time::Duration {
+    (config.lease_ttl / 3).max(MIN_RENEWAL_INTERVAL)
+}
+
 pub struct PaymentService<C> {
     channels: Arc<ChannelSource<C>>,
     leases: PgLeases,
     config: Arc<EscrowConfig>,
+    renewals: Renewals,
 }
 
 impl<C: ChainReader> PaymentService<C> {
     pub fn new(channels: Arc<ChannelSource<C>>, leases: PgLeases, config: Arc<EscrowConfig>) -> Self {
-        Self { channels, leases, config }
+        let renewals = Renewals::new(leases.clone(), config.lease_ttl, renewal_interval(&config));
+        Self { channels, leases, config, renewals }
+    }
+
+    /// Keeps the lease of a started payment renewed until the returned handle is dropped (by one
+    /// task for every call in flight: `super::renewals`).
+    pub fn hold_renewed(&self, lease: &Lease) -> Renewing {
+        self.renewals.hold(lease)
+    }
+
+    /// Leases of calls in flight that are being kept renewed.
+    pub fn leases_held(&self) -> usize {
+        self.renewals.held()
     }
 
     /// Validates `payment` for a call of `method` and takes the channel's lease (escrow.md §3.4 order).
@@ -255,8 +275,8 @@ impl<C: ChainReader> PaymentService<C> {
 
     /// Renews `lease` every `lease_ttl / 3` (at least every [`MIN_RENEWAL_INTERVAL`]) until
     /// dropped; a lease found lost is logged and no longer renewed.
-    pub async fn keep_renewed(&self, lease: &Lease) -> Infallible {
-        let every = (self.config.lease_ttl / 3).max(MIN_RENEWAL_INTERVAL);
+    async fn keep_renewed(&self, lease: &Lease) -> Infallible {
+        let every = renewal_interval(&self.config);
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

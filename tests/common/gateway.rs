@@ -296,6 +296,8 @@ pub struct World<'a> {
     pub served: Served,
     pub client: RawClient,
     pub metrics: EscrowMetrics,
+    /// The gateway's payment service (e.g. for the leases it keeps renewed).
+    pub payments: Arc<PaymentService<EthChain>>,
 }
 
 impl<'a> World<'a> {
@@ -336,10 +338,10 @@ impl<'a> World<'a> {
             max_call_duration: options.max_call_duration,
             max_concurrent_calls: options.max_concurrent_calls,
         };
-        let gateway = PaidCallGateway::new(payments, &config, &settings).unwrap();
+        let gateway = PaidCallGateway::new(payments.clone(), &config, &settings).unwrap();
         let served = serve(gateway).await;
         let client = RawClient::connect(served.address).await;
-        Self { ganache, mpe, db, channel: channels[0], channels, upstream, served, client, metrics }
+        Self { ganache, mpe, db, channel: channels[0], channels, upstream, served, client, metrics, payments }
     }
 
     pub fn sender(&self) -> &Account {

@@ -1,7 +1,7 @@
 //! The upstream's reply on its way to the client, streamed: the headers are passed on as soon as
 //! they arrive, every message frame as the service sends it, and the final status decides the
 //! payment **before** it is passed on:
-//! - `grpc-status: 0` commits the payment (in a task nobody can cancel, see `pending`); the
+//! - `grpc-status: 0` commits the payment (to its end whoever stops waiting, see `pending`); the
 //!   service's trailers follow only once it is recorded. A commit that fails replaces them with its
 //!   own status and message. What was streamed before cannot be taken back: a client that read
 //!   messages and then gets a commit error has been served without paying (the seed's rule, that
@@ -30,7 +30,6 @@ use super::deadline::CallDeadline;
 use super::error::{GRPC_CONTENT_TYPE, GRPC_STATUS, PaidCallError, status_of_http};
 use super::pending::Pending;
 use crate::chain::ChainReader;
-use crate::domain::payment::PaymentError;
 use crate::escrow::metrics::EscrowMetrics;
 
 /// Everything the end of a forwarded call needs.
@@ -88,13 +87,7 @@ impl<C: ChainReader + 'static> Forwarded<C> {
                 let metrics = self.metrics.clone();
                 let arrived = self.arrived;
                 let timer = metrics.paid_call_seconds.with_label_values(&["payment_commit"]).start_timer();
-                let committed = match self.pending.commit().await {
-                    Ok(result) => result,
-                    Err(error) => {
-                        tracing::error!(%error, "the payment commit task failed");
-                        Err(PaymentError::cannot_store_channel_state())
-                    }
-                };
+                let committed = self.pending.commit().await;
                 timer.observe_duration();
                 let outcome = if committed.is_ok() { "committed" } else { "failed" };
                 metrics
