@@ -138,6 +138,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate => {
+            // With MIGRATION_DATABASE_URL alone, that database is the one migrated (as the README
+            // says), never the embedded cluster.
+            let settings = match (&settings.database_url, &settings.migration_url) {
+                (None, Some(owner)) => DatabaseSettings { database_url: Some(owner.clone()), ..settings },
+                _ => settings,
+            };
             Database::open(&settings, Purpose::Command("migrate")).await?.close().await?;
             println!("migrations applied");
             Ok(ExitCode::SUCCESS)

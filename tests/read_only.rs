@@ -150,3 +150,17 @@ async fn every_write_in_a_read_only_commands_transactions_fails() {
     database.close().await.unwrap();
     assert_eq!(db.event_count().await, 1);
 }
+
+#[tokio::test]
+async fn migrate_with_only_the_owners_url_migrates_that_database_and_no_embedded_cluster() {
+    let (_, url) = unmigrated_database().await;
+    let data_dir =
+        std::env::temp_dir().join(format!("mpe-ledger-no-cluster-{}", uuid::Uuid::new_v4().simple()));
+    let data = data_dir.display().to_string();
+    run_command(&["migrate"], &[("MIGRATION_DATABASE_URL", &url), ("MPE_LEDGER_DATA_DIR", &data)])
+        .await
+        .assert_success();
+    let applied = applied_versions(&url).await.expect("the owner's database was migrated");
+    assert_eq!(applied.last().copied(), Some(binary_version()));
+    assert!(!data_dir.exists(), "an embedded cluster was made in {data}");
+}
