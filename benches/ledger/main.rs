@@ -15,6 +15,7 @@
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
+mod cpu;
 mod filler;
 mod load;
 mod metrics;
@@ -226,6 +227,7 @@ async fn run(cluster: &EmbeddedCluster, sizes: &Sizes) {
         admin,
         owner_url,
         serve_port: ledger.port,
+        serve_pid: ledger.pid(),
         paid_points: Vec::new(),
         direct_points: Vec::new(),
         best_rate: 0.0,

@@ -11,6 +11,7 @@ use mpe_ledger::telemetry::Metrics;
 use sqlx::PgPool;
 
 use crate::Sizes;
+use crate::cpu::{PerCall, Snapshot};
 use crate::filler::Filler;
 use crate::load::{self, Timing};
 use crate::metrics::{self, RETRIES, RETRIES_EXHAUSTED};
@@ -32,6 +33,8 @@ pub struct Bench {
     pub admin: PgPool,
     pub owner_url: String,
     pub serve_port: u16,
+    /// `serve`'s process, for its CPU time ([`cpu`]).
+    pub serve_pid: Option<u32>,
     pub paid_points: Vec<Point>,
     pub direct_points: Vec<Point>,
     pub best_rate: f64,
@@ -43,6 +46,7 @@ struct PaidPhase {
     summary: Summary,
     retries_per_payment: f64,
     exhausted: f64,
+    cpu: PerCall,
 }
 
 pub fn pgbench_rows(report: &mut Report, baseline: &Baseline, sizes: &Sizes) {
@@ -80,14 +84,20 @@ impl Bench {
         let presigned = self.wallet.presign(clients, self.budget(clients, timing));
         eprintln!("paid calls, {clients} clients (signed ahead in {:.1} s)", signing.elapsed().as_secs_f64());
         let before = metrics::scrape(self.serve_port).await;
+        let cpu_before = Snapshot::take(self.serve_pid, &self.admin).await;
         let (summary, used) =
             load::run(self.serve_port, clients, timing, Some((presigned, self.admin.clone()))).await;
+        let cpu = PerCall::between(
+            &cpu_before,
+            &Snapshot::take(self.serve_pid, &self.admin).await,
+            summary.ok_total,
+        );
         self.wallet.settle(used);
         let after = metrics::scrape(self.serve_port).await;
         let delta = |name| metrics::sum(&after, name) - metrics::sum(&before, name);
         self.best_rate = self.best_rate.max(summary.per_second);
         let retries_per_payment = delta(RETRIES) / summary.ok_total.max(1) as f64;
-        PaidPhase { exhausted: delta(RETRIES_EXHAUSTED), retries_per_payment, summary }
+        PaidPhase { exhausted: delta(RETRIES_EXHAUSTED), retries_per_payment, summary, cpu }
     }
 
     /// Step 2: paid calls through serve at each client count, then the same calls direct.
@@ -125,17 +135,30 @@ impl Bench {
                     exhausted_note(s)
                 ),
             );
+            self.report.figure(
+                "2 end to end",
+                &format!("CPU per paid call, {clients} clients"),
+                phase.cpu.text(),
+            );
             self.paid_points.push(Point { clients, per_second: s.per_second, p99_ms: s.p99_ms });
         }
         let mut direct_p50_at_one = None;
         for clients in self.sizes.direct_clients.clone() {
             eprintln!("direct calls, {clients} clients");
+            let cpu_before = Snapshot::take(self.serve_pid, &self.admin).await;
             let (s, _) = load::run(upstream_port, clients, self.sizes.direct, None).await;
+            let cpu =
+                PerCall::between(&cpu_before, &Snapshot::take(self.serve_pid, &self.admin).await, s.ok_total);
             if clients == 1 {
                 direct_p50_at_one = Some(s.p50_ms);
             }
-            let detail =
-                format!("p50 {:.2} ms, p99 {:.2} ms, errors: {}", s.p50_ms, s.p99_ms, s.errors_text());
+            let detail = format!(
+                "p50 {:.2} ms, p99 {:.2} ms, errors: {}; CPU per call: {}",
+                s.p50_ms,
+                s.p99_ms,
+                s.errors_text(),
+                cpu.text()
+            );
             self.report.throughput(
                 "2 direct",
                 &format!("same calls straight to upstream, {clients} clients"),
