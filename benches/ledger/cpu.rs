@@ -1,6 +1,8 @@
-//! CPU time spent per call, by process: `serve`, the Postgres cluster (every server process the
-//! ledger's database shows in `pg_stat_activity`: backends and background workers) and the bench
-//! itself (load generator and upstream).
+//! CPU time spent per call, by process: `serve`, the Postgres cluster (every server process
+//! `pg_stat_activity` shows, in two parts: the sessions of the ledger's database, which do the
+//! calls' work, and everything else — autovacuum, checkpointer, WAL writer, other databases — which
+//! a phase may only happen to share the machine with) and the bench itself (load generator and
+//! upstream).
 //!
 //! Throughput on a shared 2-core machine moves with the neighbours; CPU time per call does much
 //! less, since it counts what the work cost rather than how long it waited. Comparing two builds by
@@ -38,15 +40,23 @@ pub fn process_cpu(pid: u32) -> Option<Duration> {
 pub struct Snapshot {
     serve: Option<Duration>,
     bench: Option<Duration>,
-    postgres: HashMap<i32, Duration>,
+    /// Per server process: its CPU so far, and whether it is a session of the ledger's database.
+    postgres: HashMap<i32, (Duration, bool)>,
 }
 
 impl Snapshot {
     pub async fn take(serve_pid: Option<u32>, pool: &PgPool) -> Self {
-        let pids: Vec<i32> =
-            sqlx::query_scalar("SELECT pid FROM pg_stat_activity").fetch_all(pool).await.unwrap_or_default();
-        let postgres =
-            pids.into_iter().filter_map(|pid| Some((pid, process_cpu(u32::try_from(pid).ok()?)?))).collect();
+        let pids: Vec<(i32, bool)> = sqlx::query_as(
+            "SELECT pid, coalesce(datname = current_database() AND backend_type = 'client backend', false)
+             FROM pg_stat_activity",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap_or_default();
+        let postgres = pids
+            .into_iter()
+            .filter_map(|(pid, session)| Some((pid, (process_cpu(u32::try_from(pid).ok()?)?, session))))
+            .collect();
         Self { serve: serve_pid.and_then(process_cpu), bench: process_cpu(std::process::id()), postgres }
     }
 }
@@ -55,7 +65,10 @@ impl Snapshot {
 #[derive(Debug, Clone, Copy)]
 pub struct PerCall {
     pub serve_us: Option<f64>,
+    /// The ledger database's sessions.
     pub postgres_us: f64,
+    /// Every other server process (autovacuum, checkpointer, WAL writer, other databases).
+    pub postgres_background_us: f64,
     pub bench_us: Option<f64>,
 }
 
@@ -65,26 +78,37 @@ impl PerCall {
         let per_call = |a: Option<Duration>, b: Option<Duration>| {
             Some(b?.saturating_sub(a?).as_secs_f64() * 1e6 / calls)
         };
-        let postgres: Duration = after
-            .postgres
-            .iter()
-            .map(|(pid, spent)| spent.saturating_sub(before.postgres.get(pid).copied().unwrap_or_default()))
-            .sum();
+        let spent = |sessions: bool| -> Duration {
+            after
+                .postgres
+                .iter()
+                .filter(|(_, (_, session))| *session == sessions)
+                .map(|(pid, (spent, _))| {
+                    spent.saturating_sub(before.postgres.get(pid).map(|(b, _)| *b).unwrap_or_default())
+                })
+                .sum()
+        };
         Self {
             serve_us: per_call(before.serve, after.serve),
-            postgres_us: postgres.as_secs_f64() * 1e6 / calls,
+            postgres_us: spent(true).as_secs_f64() * 1e6 / calls,
+            postgres_background_us: spent(false).as_secs_f64() * 1e6 / calls,
             bench_us: per_call(before.bench, after.bench),
         }
     }
 
-    /// `serve 1233 µs, postgres 652 µs, bench (clients and upstream) 387 µs; 2272 µs in all`.
+    /// `serve 1233 µs, postgres 652 µs (+ 12 µs background), bench (clients and upstream) 387 µs;
+    /// 2284 µs in all`.
     pub fn text(&self) -> String {
         let shown = |value: Option<f64>| value.map_or("unavailable".to_owned(), |us| format!("{us:.0} µs"));
-        let total = self.serve_us.unwrap_or(0.0) + self.postgres_us + self.bench_us.unwrap_or(0.0);
+        let total = self.serve_us.unwrap_or(0.0)
+            + self.postgres_us
+            + self.postgres_background_us
+            + self.bench_us.unwrap_or(0.0);
         format!(
-            "serve {}, postgres {:.0} µs, bench (clients and upstream) {}; {total:.0} µs in all",
+            "serve {}, postgres {:.0} µs (+ {:.0} µs background), bench (clients and upstream) {}; {total:.0} µs in all",
             shown(self.serve_us),
             self.postgres_us,
+            self.postgres_background_us,
             shown(self.bench_us)
         )
     }

@@ -157,7 +157,7 @@ impl Ledger {
                 .join(" "),
             args.join(" ")
         );
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_mpe-ledger"));
+        let mut command = std::process::Command::new(serve_binary());
         command.args(args);
         for key in LEDGER_KEYS {
             command.env_remove(format!("MPE_LEDGER_{key}"));
@@ -387,4 +387,13 @@ pub fn readme_ledger_toml(values: &[(&str, String)]) -> String {
 
 fn toml_string(value: &str) -> String {
     format!("\"{}\"", value.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// The binary started as `serve`: this build's, or the one `MPE_LEDGER_BENCH_SERVE_BIN` names, so
+/// that the bench can run another build's `serve` under the same load (README, "Comparing two
+/// builds"). One-shot commands always run this build's binary.
+pub fn serve_binary() -> PathBuf {
+    std::env::var_os("MPE_LEDGER_BENCH_SERVE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_mpe-ledger")))
 }
