@@ -11,6 +11,12 @@
 //! whose commits do not wait for the WAL flush (`postgres::connect_operational`): a lease lost in a
 //! crash only frees its channel early, and the versioned commit keeps a stale holder out. The lease
 //! taken by a payment is released by the payment's own (durable) commit.
+//!
+//! A channel's row in `ledger.leases` is kept once created (migration 0008): a lease is held while
+//! its token is set, releasing clears the token, and taking it again updates the row. Every one of
+//! these writes changes no indexed column, so it is a heap-only update whose old version is pruned
+//! in place; inserting and deleting a row per paid call instead bloated the table by a dead row per
+//! call between autovacuum passes, and made every lease statement slower as load went on.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -101,7 +107,7 @@ impl PgLeases {
     /// Gives a lease back; `false` when it was no longer ours (expired and taken, or released).
     pub async fn release(&self, lease: &Lease) -> Result<bool, StoreError> {
         let released = sqlx::query!(
-            "DELETE FROM ledger.leases WHERE channel_id = $1::text::numeric AND token = $2",
+            "UPDATE ledger.leases SET token = NULL WHERE channel_id = $1::text::numeric AND token = $2",
             lease.channel_id.to_string(),
             lease.token
         )
@@ -113,10 +119,13 @@ impl PgLeases {
 
     /// Releases every lease of one replica (graceful shutdown). Returns how many.
     pub async fn release_all_of(&self, holder: &str) -> Result<u64, StoreError> {
-        let released = sqlx::query!("DELETE FROM ledger.leases WHERE holder = $1", holder)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
+        let released = sqlx::query!(
+            "UPDATE ledger.leases SET token = NULL WHERE holder = $1 AND token IS NOT NULL",
+            holder
+        )
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
         Ok(released)
     }
 
@@ -135,9 +144,12 @@ impl PgLeases {
                 let Some(held) = lease_rows(&mut tx, Some(channel_id)).await?.into_iter().next() else {
                     return Ok((tx, None));
                 };
-                sqlx::query!("DELETE FROM ledger.leases WHERE channel_id = $1::text::numeric", id)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query!(
+                    "UPDATE ledger.leases SET token = NULL WHERE channel_id = $1::text::numeric",
+                    id
+                )
+                .execute(&mut *tx)
+                .await?;
                 let stream = StreamId::Lease(channel_id);
                 let head = stream_head(&mut tx, &stream).await?;
                 let event = Event::Lease(LeaseEvent::LeaseReleasedByOperator {
@@ -160,7 +172,7 @@ async fn lease_rows(
         r#"SELECT channel_id::text AS "channel_id!", holder, acquired_at::text AS "acquired_at!",
                   expires_at::text AS "expires_at!", expires_at <= now() AS "expired!"
            FROM ledger.leases
-           WHERE $1::text IS NULL OR channel_id = $1::text::numeric
+           WHERE token IS NOT NULL AND ($1::text IS NULL OR channel_id = $1::text::numeric)
            ORDER BY channel_id"#,
         only.map(|id| id.to_string()),
     )

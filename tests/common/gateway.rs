@@ -392,7 +392,10 @@ impl<'a> World<'a> {
 
     /// The leases held now (a call that ended must leave none).
     pub async fn leases_held(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM ledger.leases").fetch_one(&self.db.pool).await.unwrap()
+        sqlx::query_scalar("SELECT count(*) FROM ledger.leases WHERE token IS NOT NULL")
+            .fetch_one(&self.db.pool)
+            .await
+            .unwrap()
     }
 }
 

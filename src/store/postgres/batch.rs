@@ -374,7 +374,7 @@ impl Arrays {
                      AND c.stream IN (SELECT stream FROM head)
                    RETURNING 1
                ), released AS (
-                   DELETE FROM ledger.leases l USING c
+                   UPDATE ledger.leases l SET token = NULL FROM c
                    WHERE l.channel_id = c.channel_id::numeric AND l.token = c.token
                      AND c.stream IN (SELECT stream FROM head)
                    RETURNING 1

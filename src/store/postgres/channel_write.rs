@@ -181,7 +181,7 @@ pub(super) async fn append_channel_events(
                WHERE channel_id = $5::text::numeric AND $4 > 0 AND EXISTS (SELECT FROM head)
                RETURNING 1
            ), released AS (
-               DELETE FROM ledger.leases
+               UPDATE ledger.leases SET token = NULL
                WHERE channel_id = $5::text::numeric AND token = $24 AND EXISTS (SELECT FROM head)
                RETURNING 1
            )

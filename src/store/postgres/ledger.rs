@@ -326,7 +326,7 @@ async fn commit_in(
 async fn release(conn: &mut PgConnection, lease: Option<&Lease>) -> Result<(), CommitError> {
     if let Some(lease) = lease {
         sqlx::query!(
-            "DELETE FROM ledger.leases WHERE channel_id = $1::text::numeric AND token = $2",
+            "UPDATE ledger.leases SET token = NULL WHERE channel_id = $1::text::numeric AND token = $2",
             lease.channel_id.to_string(),
             lease.token
         )

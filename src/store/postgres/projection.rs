@@ -104,7 +104,7 @@ pub async fn take_lease_and_load(
                ON CONFLICT (channel_id) DO UPDATE
                   SET holder = EXCLUDED.holder, token = EXCLUDED.token,
                       acquired_at = EXCLUDED.acquired_at, expires_at = EXCLUDED.expires_at
-                  WHERE ledger.leases.expires_at <= now()
+                  WHERE ledger.leases.token IS NULL OR ledger.leases.expires_at <= now()
                RETURNING token
            )
            SELECT (SELECT token FROM taken) AS taken, l.holder AS "holder?",
@@ -122,7 +122,7 @@ pub async fn take_lease_and_load(
                   k.finish_block_number AS "finish_block_number?", k.finish_amount::text AS finish_amount,
                   k.finish_planned_amount::text AS finish_planned_amount
            FROM (VALUES (1)) AS one (x)
-           LEFT JOIN ledger.leases l ON l.channel_id = $1::text::numeric
+           LEFT JOIN ledger.leases l ON l.channel_id = $1::text::numeric AND l.token IS NOT NULL
            LEFT JOIN ledger.channels c ON c.channel_id = $1::text::numeric
            LEFT JOIN ledger.streams s ON s.stream = $2
            LEFT JOIN ledger.claims k ON k.channel_id = c.channel_id
