@@ -24,13 +24,15 @@ fn scratch() -> tempfile::TempDir {
 
 async fn bundle(db: &TestDb, channel: &str, output: &Path) -> common::e2e::ScriptRun {
     let output = output.display().to_string();
-    run_command(&["bundle", "--channel", channel, "--output", &output], &[("DATABASE_URL", &db.owner_url)]).await
+    run_command(&["bundle", "--channel", channel, "--output", &output], &[("DATABASE_URL", &db.owner_url)])
+        .await
 }
 
 /// `verify-bundle` with no database setting at all, and a data directory that does not exist (and
 /// must not be created: no cluster is started).
 async fn verify_bundle(file: &Path, head: Option<&str>) -> common::e2e::ScriptRun {
-    let nowhere = std::env::temp_dir().join(format!("mpe-ledger-no-cluster-{}", uuid::Uuid::new_v4().simple()));
+    let nowhere =
+        std::env::temp_dir().join(format!("mpe-ledger-no-cluster-{}", uuid::Uuid::new_v4().simple()));
     let file = file.display().to_string();
     let mut args = vec!["verify-bundle", file.as_str()];
     if let Some(head) = head {
@@ -73,7 +75,8 @@ async fn a_real_history_bundles_to_the_same_bytes_and_verifies_anchored_without_
     bundle(&world.db, &channel, &second).await.assert_success();
     let bytes = std::fs::read(&first).unwrap();
     assert_eq!(bytes, std::fs::read(&second).unwrap(), "the same channel and log give the same bytes");
-    let stdout = run_command(&["bundle", "--channel", &channel], &[("DATABASE_URL", &world.db.owner_url)]).await;
+    let stdout =
+        run_command(&["bundle", "--channel", &channel], &[("DATABASE_URL", &world.db.owner_url)]).await;
     assert_eq!(stdout.assert_success().stdout.as_bytes(), &bytes[..], "stdout holds the same bundle");
 
     let lines = lines(&bytes);
@@ -84,22 +87,31 @@ async fn a_real_history_bundles_to_the_same_bytes_and_verifies_anchored_without_
         assert_eq!(&event(&lines, version + 1).payload, expected);
     }
     // A merge's block is the chain's: any node confirms its hash.
-    let merge = version_of(&lines, |e| matches!(e, ChannelEvent::ChannelMergedFromChain { block: Some(_), .. }));
+    let merge =
+        version_of(&lines, |e| matches!(e, ChannelEvent::ChannelMergedFromChain { block: Some(_), .. }));
     let ChannelEvent::ChannelMergedFromChain { block: Some(block), .. } = event(&lines, merge).payload else {
         unreachable!()
     };
     assert_eq!(ganache.block(block.number).await, (block.number, block.hash));
 
     // `verify` prints the head in the form `--head` takes.
-    let verify = run_command(&["verify", "--channel", &channel], &[("DATABASE_URL", &world.db.owner_url)]).await;
-    let head_line = verify.assert_success().stdout.lines().find(|l| l.contains(" head: version ")).unwrap().to_owned();
+    let verify =
+        run_command(&["verify", "--channel", &channel], &[("DATABASE_URL", &world.db.owner_url)]).await;
+    let head_line =
+        verify.assert_success().stdout.lines().find(|l| l.contains(" head: version ")).unwrap().to_owned();
     let head = head_line.rsplit(' ').next().unwrap().to_owned();
     let last = event(&lines, history.events.len());
-    assert_eq!(head_line, format!("verify: channel/{channel} head: version {}, hash {}", last.version, last.hash));
+    assert_eq!(
+        head_line,
+        format!("verify: channel/{channel} head: version {}, hash {}", last.version, last.hash)
+    );
 
     let run = verify_bundle(&first, Some(&head)).await;
     run.assert_success();
-    run.assert_stdout_contains(&format!("{} events (3 payments, 1 claims started, 1 ended,", history.events.len()));
+    run.assert_stdout_contains(&format!(
+        "{} events (payments: 3, claims started: 1, claims ended: 1, merges",
+        history.events.len()
+    ));
     run.assert_stdout_contains(&format!("head version {}, hash {head}", last.version));
     run.assert_stdout_contains("anchored: the last event is the given head");
     verify_bundle(&first, None).await.assert_success().assert_stdout_contains("not anchored");
@@ -125,13 +137,25 @@ async fn each_tampering_fails_naming_its_line_and_version() {
     let honest = lines(&std::fs::read(&path).unwrap());
     let last_version = honest.len() - 2;
     let head = event(&honest, last_version).hash.to_string();
-    let place = |version: usize, what: &str| format!("verify-bundle: line {}: version {version}: {what}", version + 1);
+    let place = |version: usize, what: &str| {
+        format!("verify-bundle: line {}: version {version}: {what}", version + 1)
+    };
 
     // A payment's amount: its hash, and its signature, no longer hold.
-    let paid = version_of(&honest, |e| matches!(e, ChannelEvent::PaymentAccepted { amount, .. } if amount.to_string() == "20"));
+    let paid = version_of(
+        &honest,
+        |e| matches!(e, ChannelEvent::PaymentAccepted { amount, .. } if amount.to_string() == "20"),
+    );
     let mut tampered = honest.clone();
     tampered[paid] = tampered[paid].replace(r#""amount":"20""#, r#""amount":"19""#);
-    fails_naming(dir.path(), "amount", &tampered, None, &[&place(paid, "hash 0x"), &place(paid, "signature (forged): ")]).await;
+    fails_naming(
+        dir.path(),
+        "amount",
+        &tampered,
+        None,
+        &[&place(paid, "hash 0x"), &place(paid, "signature (forged): ")],
+    )
+    .await;
 
     // One byte of a client's signature.
     let first_paid = version_of(&honest, |e| matches!(e, ChannelEvent::PaymentAccepted { .. }));
@@ -139,11 +163,22 @@ async fn each_tampering_fails_naming_its_line_and_version() {
     let at = tampered[first_paid].find(r#""signature":"0x"#).unwrap() + r#""signature":"0x"#.len() + 10;
     let digit = if &tampered[first_paid][at..at + 1] == "0" { "1" } else { "0" };
     tampered[first_paid].replace_range(at..at + 1, digit);
-    fails_naming(dir.path(), "signature", &tampered, None, &[&place(first_paid, "hash 0x"), &place(first_paid, "signature (forged): ")]).await;
+    fails_naming(
+        dir.path(),
+        "signature",
+        &tampered,
+        None,
+        &[&place(first_paid, "hash 0x"), &place(first_paid, "signature (forged): ")],
+    )
+    .await;
 
     // A merge's block hash.
-    let merge = version_of(&honest, |e| matches!(e, ChannelEvent::ChannelMergedFromChain { block: Some(_), .. }));
-    let ChannelEvent::ChannelMergedFromChain { block: Some(block), .. } = event(&honest, merge).payload else { unreachable!() };
+    let merge =
+        version_of(&honest, |e| matches!(e, ChannelEvent::ChannelMergedFromChain { block: Some(_), .. }));
+    let ChannelEvent::ChannelMergedFromChain { block: Some(block), .. } = event(&honest, merge).payload
+    else {
+        unreachable!()
+    };
     let mut tampered = honest.clone();
     let mut other = block.hash;
     other.0[31] ^= 1;
@@ -158,19 +193,36 @@ async fn each_tampering_fails_naming_its_line_and_version() {
         "dropped",
         &tampered,
         None,
-        &["verify-bundle: line 3: version 3: version 3 where version 2 was expected", "verify-bundle: line 3: version 3: prev_hash 0x"],
+        &[
+            "verify-bundle: line 3: version 3: version 3 where version 2 was expected",
+            "verify-bundle: line 3: version 3: prev_hash 0x",
+        ],
     )
     .await;
 
     // A reordered pair.
     let mut tampered = honest.clone();
     tampered.swap(2, 3);
-    fails_naming(dir.path(), "reordered", &tampered, None, &["verify-bundle: line 3: version 3: version 3 where version 2 was expected"]).await;
+    fails_naming(
+        dir.path(),
+        "reordered",
+        &tampered,
+        None,
+        &["verify-bundle: line 3: version 3: version 3 where version 2 was expected"],
+    )
+    .await;
 
     // A non-canonical re-encoding of an honest line.
     let mut tampered = honest.clone();
     tampered[1] = tampered[1].replacen(r#""version":1,"#, r#""version":1, "#, 1);
-    fails_naming(dir.path(), "spaced", &tampered, None, &["verify-bundle: line 2: version 1: not in canonical form"]).await;
+    fails_naming(
+        dir.path(),
+        "spaced",
+        &tampered,
+        None,
+        &["verify-bundle: line 2: version 1: not in canonical form"],
+    )
+    .await;
 
     // The end cut off and the end line rewritten: consistent alone, caught only by the anchor.
     let mut cut = honest[..honest.len() - 2].to_vec();
@@ -178,7 +230,14 @@ async fn each_tampering_fails_naming_its_line_and_version() {
     cut.push(end_line(last_version as u64 - 1, body.as_bytes()));
     let cut_path = write_lines(dir.path(), "cut", &cut);
     verify_bundle(&cut_path, None).await.assert_success();
-    fails_naming(dir.path(), "cut", &cut, Some(&head), &[&place(last_version - 1, "head: the last event's hash")]).await;
+    fails_naming(
+        dir.path(),
+        "cut",
+        &cut,
+        Some(&head),
+        &[&place(last_version - 1, "head: the last event's hash")],
+    )
+    .await;
     // And the honest bundle passes against the same anchor.
     verify_bundle(&path, Some(&head)).await.assert_success();
 
@@ -191,7 +250,11 @@ async fn each_tampering_fails_naming_its_line_and_version() {
     newer[0] = newer[0].replace(r#""format_version":1"#, r#""format_version":2"#);
     let run = verify_bundle(&write_lines(dir.path(), "newer", &newer), None).await;
     assert_eq!(run.code, Some(2), "{}", run.stderr);
-    assert!(run.stderr.contains("a bundle of format version 2, but this binary reads format version 1 only"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("a bundle of format version 2, but this binary reads format version 1 only"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[tokio::test]
@@ -207,7 +270,10 @@ async fn bundle_only_reads_and_refuses_what_it_cannot_bundle_leaving_no_file() {
     .await;
     assert_eq!(run.code, Some(2));
     assert!(
-        run.stderr.contains(&format!("the database is never migrated, this binary at migration {}", binary_version())),
+        run.stderr.contains(&format!(
+            "the database is never migrated, this binary at migration {}",
+            binary_version()
+        )),
         "{}",
         run.stderr
     );
@@ -219,9 +285,12 @@ async fn bundle_only_reads_and_refuses_what_it_cannot_bundle_leaving_no_file() {
     assert_eq!(run.code, Some(2));
     assert!(run.stderr.contains("this database has no deployment record"), "{}", run.stderr);
     // A channel with no events.
-    mpe_ledger::store::postgres::deployment::record_mpe(&db.pool, "0x5b1869D9A4C187F2EAa108f3062412ecf0526b24".parse().unwrap())
-        .await
-        .unwrap();
+    mpe_ledger::store::postgres::deployment::record_mpe(
+        &db.pool,
+        "0x5b1869D9A4C187F2EAa108f3062412ecf0526b24".parse().unwrap(),
+    )
+    .await
+    .unwrap();
     let run = bundle(&db, "7", &output).await;
     assert_eq!(run.code, Some(2));
     assert!(run.stderr.contains("bundle: channel 7 has no events in this log"), "{}", run.stderr);

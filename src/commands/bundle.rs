@@ -64,13 +64,16 @@ pub async fn run(settings: &DatabaseSettings, args: BundleArgs) -> anyhow::Resul
     database.close().await?;
     let Written { events, head: (version, hash) } = written?;
     let into = args.output.map_or_else(|| "standard output".to_owned(), |path| path.display().to_string());
-    eprintln!("bundle: channel {channel}: {events} events written to {into}; head version {version}, hash {hash}");
+    eprintln!(
+        "bundle: channel {channel}: {events} events written to {into}; head version {version}, hash {hash}"
+    );
     Ok(ExitCode::SUCCESS)
 }
 
 /// The bundle into a temporary file beside `path`, renamed onto it once complete.
 async fn write_file(pool: &PgPool, channel: ChannelId, path: &Path) -> anyhow::Result<Written> {
-    let name = path.file_name().with_context(|| format!("bundle: --output {} is not a file", path.display()))?;
+    let name =
+        path.file_name().with_context(|| format!("bundle: --output {} is not a file", path.display()))?;
     let partial = path.with_file_name(format!(".{}.partial-{}", name.to_string_lossy(), std::process::id()));
     let file = File::create(&partial)
         .with_context(|| format!("bundle: cannot create --output {}", partial.display()))?;
@@ -109,7 +112,8 @@ async fn write_bundle(pool: &PgPool, channel: ChannelId, out: &mut impl Write) -
     if scan.total_keys() == 0 {
         anyhow::bail!("bundle: channel {channel} has no events in this log");
     }
-    let (mut writer, header) = BundleWriter::start(&Header::new(recorded.mpe_address, recorded.chain_id, channel));
+    let (mut writer, header) =
+        BundleWriter::start(&Header::new(recorded.mpe_address, recorded.chain_id, channel));
     out.write_all(header.as_bytes()).context("bundle: writing the bundle")?;
     let (mut events, mut head) = (0u64, None);
     while let Some(page) = scan.next_page(pool).await.context("bundle: reading the log")? {
@@ -129,7 +133,8 @@ async fn write_bundle(pool: &PgPool, channel: ChannelId, out: &mut impl Write) -
 /// One row of the channel's stream as a bundle line.
 fn event_line(row: &ExportRow) -> anyhow::Result<EventLine> {
     let at = || format!("bundle: {} version {}", row.stream, row.stream_version);
-    let version = u64::try_from(row.stream_version).with_context(|| format!("{}: a negative version", at()))?;
+    let version =
+        u64::try_from(row.stream_version).with_context(|| format!("{}: a negative version", at()))?;
     let payload: serde_json::Value =
         serde_json::from_str(&row.payload).with_context(|| format!("{}: payload is not JSON", at()))?;
     let payload = match Event::from_json(&row.event_type, &payload).with_context(at)? {

@@ -35,7 +35,9 @@ fn parse_head(text: &str) -> Result<B256, String> {
     let digits = text.strip_prefix("0x").unwrap_or(text);
     match hex::decode(digits) {
         Ok(bytes) if bytes.len() == 32 => Ok(B256::from_slice(&bytes)),
-        _ => Err(format!("`{text}` is not a head hash: give 0x and 64 hex digits, as `mpe-ledger verify --channel N` prints it")),
+        _ => Err(format!(
+            "`{text}` is not a head hash: give 0x and 64 hex digits, as `mpe-ledger verify --channel N` prints it"
+        )),
     }
 }
 
@@ -110,9 +112,15 @@ fn summary(report: &BundleReport) -> String {
     let chain = header.chain_id.map_or_else(|| "an unrecorded chain".to_owned(), |id| format!("chain {id}"));
     let (version, hash) = s.head.expect("a bundle that passed has events");
     let mut text = format!(
-        "verify-bundle: channel {} of the MPE contract {} on {chain}: {} events ({} payments, {} claims \
-         started, {} ended, {} merges from the chain)\n",
-        header.channel_id, header.mpe_address, s.events, s.payments, s.claims_started, s.claims_ended, s.merges
+        "verify-bundle: channel {} of the MPE contract {} on {chain}: {} events (payments: {}, claims \
+         started: {}, claims ended: {}, merges from the chain: {})\n",
+        header.channel_id,
+        header.mpe_address,
+        s.events,
+        s.payments,
+        s.claims_started,
+        s.claims_ended,
+        s.merges
     );
     if let Some(state) = &report.state {
         let c = &state.channel;

@@ -180,7 +180,9 @@ impl World<'_> {
         self.pay(&payments, 0, 2 * PRICE).await;
         let claims = self.claims();
         let claim = claims.start_claim(self.channel).await.unwrap();
-        self.mpe.channel_claim(self.provider(), self.channel, 2 * PRICE, 2 * PRICE, &claim.signature, false).await;
+        self.mpe
+            .channel_claim(self.provider(), self.channel, 2 * PRICE, 2 * PRICE, &claim.signature, false)
+            .await;
         assert_eq!(claims.record_finished_claims().await.unwrap().len(), 1, "the claim landed");
         self.mpe.add_funds(self.client(), self.channel, 100).await;
         // A new service reads the chain afresh, and merges the re-fund before the payment.

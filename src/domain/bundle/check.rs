@@ -168,7 +168,9 @@ impl BundleCheck {
         }
         let (header, problem) = match format::decode::<Header>(first) {
             Ok(header) => (header, None),
-            Err(Undecodable::NotCanonical { offset, value }) => (value, Some(Problem::NotCanonical { offset })),
+            Err(Undecodable::NotCanonical { offset, value }) => {
+                (value, Some(Problem::NotCanonical { offset }))
+            }
             Err(Undecodable::Malformed(reason)) => return Err(BundleError::BadHeader { reason }),
         };
         let mut digest = Sha256::new();
@@ -238,7 +240,11 @@ impl BundleCheck {
         self.summary.events += 1;
         self.last_event_line = line;
         if version != self.expected_version {
-            self.fail(line, at, Problem::VersionOutOfOrder { expected: self.expected_version, found: version });
+            self.fail(
+                line,
+                at,
+                Problem::VersionOutOfOrder { expected: self.expected_version, found: version },
+            );
         }
         self.expected_version = version.saturating_add(1);
         if prev_hash != self.previous_hash {
@@ -308,7 +314,9 @@ impl BundleCheck {
                 self.fail(line, None, Problem::NotCanonical { offset });
                 value
             }
-            Err(Undecodable::Malformed(reason)) => return self.fail(line, None, Problem::Malformed { reason }),
+            Err(Undecodable::Malformed(reason)) => {
+                return self.fail(line, None, Problem::Malformed { reason });
+            }
         };
         if end.events != self.summary.events {
             let found = self.summary.events;

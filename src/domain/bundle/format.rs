@@ -65,8 +65,9 @@ pub struct RecordedAt(String);
 impl RecordedAt {
     /// The text if it is a time in the canonical form, else why not.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let time = chrono::NaiveDateTime::parse_from_str(text, RECORDED_AT_FORMAT)
-            .map_err(|e| format!("recorded_at `{text}` is not a UTC time YYYY-MM-DDTHH:MM:SS.ffffffZ: {e}"))?;
+        let time = chrono::NaiveDateTime::parse_from_str(text, RECORDED_AT_FORMAT).map_err(|e| {
+            format!("recorded_at `{text}` is not a UTC time YYYY-MM-DDTHH:MM:SS.ffffffZ: {e}")
+        })?;
         let canonical = time.format(RECORDED_AT_FORMAT).to_string();
         if canonical != text {
             return Err(format!("recorded_at `{text}` is not in canonical form (`{canonical}`)"));
@@ -106,7 +107,9 @@ mod decimal_u64 {
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
         let Some(text) = Option::<String>::deserialize(deserializer)? else { return Ok(None) };
         // `parse` takes a `+`; the re-encoding check refuses it and leading zeros.
-        text.parse().map(Some).map_err(|_| serde::de::Error::custom(format!("chain_id `{text}` is not a u64")))
+        text.parse()
+            .map(Some)
+            .map_err(|_| serde::de::Error::custom(format!("chain_id `{text}` is not a u64")))
     }
 }
 
@@ -138,7 +141,10 @@ pub fn kind_of(line: &[u8]) -> LineKind {
 pub enum Undecodable<T> {
     Malformed(String),
     /// Decodes to `value`, but its canonical encoding differs from byte `offset` (0-based) on.
-    NotCanonical { offset: usize, value: T },
+    NotCanonical {
+        offset: usize,
+        value: T,
+    },
 }
 
 /// Decodes one line, refusing any encoding but the canonical one.

@@ -80,7 +80,9 @@ pub mod check;
 pub mod format;
 
 pub use check::{BundleCheck, BundleError, BundleReport, FAILURES_KEPT_MAX, Failure, Problem, Summary};
-pub use format::{BundleWriter, EndLine, EventLine, FORMAT, FORMAT_VERSION, Header, LINE_BYTES_MAX, RecordedAt};
+pub use format::{
+    BundleWriter, EndLine, EventLine, FORMAT, FORMAT_VERSION, Header, LINE_BYTES_MAX, RecordedAt,
+};
 
 #[cfg(test)]
 mod tests;

@@ -225,22 +225,18 @@ fn a_dropped_event_a_reordered_pair_and_a_changed_block_hash_are_named_where_the
 
     let dropped = format!("{}\n", [&all[..3], &all[4..]].concat().join("\n"));
     let named = failures(dropped.as_bytes(), None);
-    assert!(
-        named[0].starts_with("line 4: version 4: version 4 where version 3 was expected"),
-        "{named:#?}"
-    );
+    assert!(named[0].starts_with("line 4: version 4: version 4 where version 3 was expected"), "{named:#?}");
     assert!(named[1].starts_with("line 4: version 4: prev_hash 0x"), "{named:#?}");
     assert!(named.iter().any(|n| n.starts_with("line 8: end line: it counts 7 events, the bundle holds 6")));
 
     let mut swapped = all.clone();
     swapped.swap(2, 3);
     let named = failures(format!("{}\n", swapped.join("\n")).as_bytes(), None);
+    assert!(named[0].starts_with("line 3: version 3: version 3 where version 2 was expected"), "{named:#?}");
     assert!(
-        named[0].starts_with("line 3: version 3: version 3 where version 2 was expected"),
-        "{named:#?}"
-    );
-    assert!(
-        named.iter().any(|n| n.starts_with("line 4: version 2: fold: channel 42: authorised amount would decrease")),
+        named
+            .iter()
+            .any(|n| n.starts_with("line 4: version 2: fold: channel 42: authorised amount would decrease")),
         "{named:#?}"
     );
 
@@ -259,13 +255,18 @@ fn a_bundle_cut_off_and_resealed_passes_alone_and_fails_against_its_head() {
     let named = failures(&cut, Some(head));
     assert_eq!(named.len(), 1, "{named:#?}");
     assert!(named[0].starts_with("line 6: version 5: head: the last event's hash"), "{named:#?}");
-    assert!(named[0].ends_with("events were cut off the end, or this is another history than the anchored one"));
+    assert!(
+        named[0].ends_with("events were cut off the end, or this is another history than the anchored one")
+    );
     // An anchor taken earlier names where it lies.
     let named = failures(&write(&lines), Some(lines[4].hash));
-    assert!(named[0].ends_with("the anchor is the hash of version 5 (line 6); the bundle goes on past the anchored head"));
+    assert!(named[0].ends_with(
+        "the anchor is the hash of version 5 (line 6); the bundle goes on past the anchored head"
+    ));
     // Cut without resealing: the end line is missing.
     let bytes = write(&lines);
-    let unsealed = &bytes[..bytes.len() - 1 - std::str::from_utf8(&bytes).unwrap().lines().last().unwrap().len()];
+    let unsealed =
+        &bytes[..bytes.len() - 1 - std::str::from_utf8(&bytes).unwrap().lines().last().unwrap().len()];
     let named = failures(unsealed, None);
     assert_eq!(named, vec!["line 8: the file ends here without an end line: it was cut off".to_owned()]);
 }
