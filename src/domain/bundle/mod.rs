@@ -36,6 +36,9 @@
 //! from that re-encoding is refused ([`Problem::NotCanonical`]). So one log gives one file, and
 //! the same channel of the same log always the same bytes.
 //!
+//! The layout is a public interface (auditors keep bundles): it changes only under a new
+//! [`FORMAT_VERSION`], with a CHANGELOG entry, and a reader refuses a version it does not know.
+//!
 //! # What the check proves ([`check`])
 //!
 //! Each rule, with the line and version where it breaks:
