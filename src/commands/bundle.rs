@@ -53,16 +53,21 @@ struct Written {
 
 pub async fn run(settings: &DatabaseSettings, args: BundleArgs) -> anyhow::Result<ExitCode> {
     let channel = args.channel;
+    // Before the database, which may start a cluster: an output that cannot be created fails fast.
+    let mut partial = args.output.as_deref().map(Partial::create).transpose()?;
     let database = Database::open(settings, Purpose::ReadOnly("bundle")).await?;
-    let written = match &args.output {
+    let written = match &mut partial {
         None => {
             let mut out = BufWriter::with_capacity(OUTPUT_BUFFER_BYTES, io::stdout().lock());
             write_bundle(&database.pool, channel, &mut out).await
         }
-        Some(path) => write_file(&database.pool, channel, path).await,
+        Some(partial) => write_bundle(&database.pool, channel, &mut partial.out).await,
     };
     database.close().await?;
     let Written { events, head: (version, hash) } = written?;
+    if let Some(partial) = partial {
+        partial.commit()?;
+    }
     let into = args.output.map_or_else(|| "standard output".to_owned(), |path| path.display().to_string());
     eprintln!(
         "bundle: channel {channel}: {events} events written to {into}; head version {version}, hash {hash}"
@@ -70,27 +75,45 @@ pub async fn run(settings: &DatabaseSettings, args: BundleArgs) -> anyhow::Resul
     Ok(ExitCode::SUCCESS)
 }
 
-/// The bundle into a temporary file beside `path`, renamed onto it once complete.
-async fn write_file(pool: &PgPool, channel: ChannelId, path: &Path) -> anyhow::Result<Written> {
-    let name =
-        path.file_name().with_context(|| format!("bundle: --output {} is not a file", path.display()))?;
-    let partial = path.with_file_name(format!(".{}.partial-{}", name.to_string_lossy(), std::process::id()));
-    let file = File::create(&partial)
-        .with_context(|| format!("bundle: cannot create --output {}", partial.display()))?;
-    let mut out = BufWriter::with_capacity(OUTPUT_BUFFER_BYTES, file);
-    let written = async {
-        let written = write_bundle(pool, channel, &mut out).await?;
-        let file = out.into_inner().map_err(io::IntoInnerError::into_error)?;
-        file.sync_all()?;
-        std::fs::rename(&partial, path)
-            .with_context(|| format!("bundle: cannot move the bundle onto {}", path.display()))?;
-        Ok(written)
+/// `--output FILE` while it is written: a temporary file beside FILE, moved onto it by
+/// [`Partial::commit`] and removed if dropped before (module doc).
+struct Partial {
+    path: PathBuf,
+    target: PathBuf,
+    out: BufWriter<File>,
+    committed: bool,
+}
+
+impl Partial {
+    fn create(target: &Path) -> anyhow::Result<Self> {
+        let name = target
+            .file_name()
+            .with_context(|| format!("bundle: --output {} is not a file name", target.display()))?;
+        let path =
+            target.with_file_name(format!(".{}.partial-{}", name.to_string_lossy(), std::process::id()));
+        let file = File::create(&path)
+            .with_context(|| format!("bundle: cannot create --output {}", path.display()))?;
+        let out = BufWriter::with_capacity(OUTPUT_BUFFER_BYTES, file);
+        Ok(Self { path, target: target.to_owned(), out, committed: false })
     }
-    .await;
-    if written.is_err() {
-        let _ = std::fs::remove_file(&partial);
+
+    /// Makes the bundle durable and moves it onto FILE.
+    fn commit(mut self) -> anyhow::Result<()> {
+        let cannot = |what: &str| format!("bundle: cannot {what} {}", self.target.display());
+        self.out.flush().with_context(|| cannot("write"))?;
+        self.out.get_ref().sync_all().with_context(|| cannot("write"))?;
+        std::fs::rename(&self.path, &self.target).with_context(|| cannot("move the bundle onto"))?;
+        self.committed = true;
+        Ok(())
     }
-    written
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 async fn write_bundle(pool: &PgPool, channel: ChannelId, out: &mut impl Write) -> anyhow::Result<Written> {
