@@ -1,8 +1,9 @@
-//! The command line: `serve`, `migrate`, `verify`, `rebuild`, `leases`, `export`, `claims due`,
-//! `reader add`.
+//! The command line: `serve`, `migrate`, `verify`, `rebuild`, `leases`, `export`, `bundle`,
+//! `verify-bundle`, `claims due`, `reader add`.
 //!
-//! `verify`, `leases list`, `export` and `claims due` only read: they open the database with
-//! [`Purpose::ReadOnly`] (never migrate, READ ONLY sessions, refuse another schema).
+//! `verify`, `leases list`, `export`, `bundle` and `claims due` only read: they open the database
+//! with [`Purpose::ReadOnly`] (never migrate, READ ONLY sessions, refuse another schema).
+//! `verify-bundle` opens no database at all: it is dispatched before any setting is used.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,11 +47,21 @@ enum Command {
     /// Apply the migrations and exit.
     Migrate,
     /// Refold every stream, check the hash chains and compare with the projections; exit 1 on any difference.
-    Verify,
+    Verify {
+        /// Also print this channel's stream head (its last version and hash), the anchor that
+        /// `verify-bundle --head` takes. May be given more than once.
+        #[arg(long = "channel", value_name = "N")]
+        channels: Vec<ChannelId>,
+    },
     /// Recreate the projections from the event log.
     Rebuild,
     /// Write the log's events or payments as CSV or JSON Lines (read only, streamed, paged).
     Export(startup::export::ExportArgs),
+    /// Write one channel's offline audit bundle: every event with its signature, chain block and
+    /// hash link, byte-exact (read only).
+    Bundle(crate::commands::bundle::BundleArgs),
+    /// Check an audit bundle without any database; exit 1 naming each failure, 2 if not a bundle.
+    VerifyBundle(crate::commands::verify_bundle::VerifyBundleArgs),
     /// Inspect or release channel leases (the replacement for `snetd channel --unlock`).
     Leases {
         #[command(subcommand)]
@@ -118,6 +129,10 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // Before anything reads a database setting: this command has none.
+    if let Command::VerifyBundle(args) = cli.command {
+        return crate::commands::verify_bundle::run(args);
+    }
     let settings = DatabaseSettings {
         database_url: cli.database_url,
         migration_url: cli.migration_database_url,
@@ -148,7 +163,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("migrations applied");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Verify => {
+        Command::Verify { channels } => {
             let database = Database::open(&settings, Purpose::ReadOnly("verify")).await?;
             let report = verify::verify_report(&database.pool).await;
             database.close().await?;
@@ -163,6 +178,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "verify: client signatures not re-checked: no deployment record (the MPE address \
                      they are over is recorded by serve with a chain configured)"
                 ),
+            }
+            for channel in channels {
+                let stream = crate::domain::StreamId::Channel(channel).to_string();
+                match report.heads.get(&stream) {
+                    Some(head) => println!(
+                        "verify: {stream} head: version {}, hash 0x{}",
+                        head.version,
+                        hex::encode(head.last_hash)
+                    ),
+                    None => println!("verify: {stream} has no events"),
+                }
             }
             if differences.is_empty() {
                 println!("verify: log and projections agree");
@@ -206,6 +232,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Export(args) => startup::export::run(&settings, args).await,
+        Command::Bundle(args) => crate::commands::bundle::run(&settings, args).await,
+        Command::VerifyBundle(_) => unreachable!("dispatched before the settings"),
         Command::Claims { action: ClaimsAction::Due { within } } => {
             crate::commands::claims_due::run(&settings, within).await
         }

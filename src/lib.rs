@@ -5,7 +5,8 @@
 //!
 //! Module map (dependencies point inwards, `domain` depends on nothing with I/O):
 //! - [`domain`]: newtypes (channel id, nonce, amount, address, signature, group id), channel data,
-//!   events, the pure fold from events to state, and the canonical event encoding behind the hash chain.
+//!   events, the pure fold from events to state, the canonical event encoding behind the hash chain,
+//!   and the offline audit bundle (its canonical file format and its check).
 //! - [`store`]: the `AtomicStorage` contract with memory and Postgres backends, prefixed and typed
 //!   wrappers, the event-sourced channel store, the serializable-retry helper, verify and rebuild.
 //! - [`chain`]: reading the MPE contract (channels, blocks, claim logs) with alloy.
@@ -15,8 +16,8 @@
 //!   CA file), and the public port's certificate, reloadable on SIGHUP.
 //! - [`startup`]: the embedded Postgres cluster, the public port's accept loop (plain or TLS, HTTP/1.1
 //!   and HTTP/2, graceful shutdown, SIGHUP) and the `serve` wiring; [`cli`] and [`telemetry`] are
-//!   the binary's edges; [`commands`] holds the commands for finance and operations (`claims due`,
-//!   `reader add`).
+//!   the binary's edges; [`commands`] holds the commands for finance, operations and audit (`claims
+//!   due`, `reader add`, `bundle`, `verify-bundle`).
 
 pub mod chain;
 pub mod cli;

@@ -1,5 +1,6 @@
 //! The pure core: no I/O, no clocks, no database. Everything here is unit-tested in place.
 
+pub mod bundle;
 pub mod channel;
 pub mod event;
 pub mod fold;

@@ -130,6 +130,37 @@ pub fn recover_signer(message: &[u8], signature: &[u8]) -> Result<EthAddress, Si
     Ok(EthAddress(Address::from_slice(&hash[12..])))
 }
 
+/// Why a payment in the log is not the client's: its signature recovers to neither the channel's
+/// signer nor its sender. The texts are what `verify` and `verify-bundle` print after "stored".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PaymentSignatureError {
+    #[error("signed by {0}")]
+    OtherSigner(EthAddress),
+    #[error("unusable ({0})")]
+    Unusable(SignatureError),
+}
+
+/// The rule every `payment accepted` and `claim started` event of the log keeps (what `verify` and
+/// `verify-bundle` re-check): its signature over the payment message of the MPE contract at `mpe`
+/// recovers to the channel's `signer` or its `sender`, as the stream had folded them just before
+/// the event. Returns the address it recovered to.
+pub fn check_payment_signature(
+    mpe: &EthAddress,
+    channel: ChannelId,
+    nonce: Nonce,
+    amount: Amount,
+    signature: &Signature,
+    signer: &EthAddress,
+    sender: &EthAddress,
+) -> Result<EthAddress, PaymentSignatureError> {
+    let message = payment_message(mpe, channel, nonce, amount);
+    match recover_signer(&message, signature.as_bytes()) {
+        Ok(address) if address == *signer || address == *sender => Ok(address),
+        Ok(address) => Err(PaymentSignatureError::OtherSigner(address)),
+        Err(error) => Err(PaymentSignatureError::Unusable(error)),
+    }
+}
+
 /// libsecp256k1's context for recovery, built once.
 static SECP256K1: LazyLock<Secp256k1<VerifyOnly>> = LazyLock::new(Secp256k1::verification_only);
 

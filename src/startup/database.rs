@@ -15,7 +15,8 @@
 //!   before this rule): it migrates and serves as before, its sessions switching to the writer
 //!   role, and start-up logs a warning that the guard then holds against bugs only.
 //!
-//! **Read-only commands** ([`Purpose::ReadOnly`]: `verify`, `leases list`, `export`) never migrate,
+//! **Read-only commands** ([`Purpose::ReadOnly`]: `verify`, `leases list`, `export`, `bundle`,
+//! `claims due`) never migrate,
 //! whatever the login and `MIGRATION_DATABASE_URL`: they refuse a database whose applied
 //! migrations are not exactly this binary's, naming both versions
 //! (`store::postgres::schema`), and every session of their pool has

@@ -5,6 +5,8 @@
 //! field, stored value, folded value). `rebuild` recreates the projections from the log in one
 //! serializable transaction. Both hold the folded projections in memory.
 //!
+//! `verify` reports every stream's head (the anchor of an audit bundle, `domain::bundle`).
+//!
 //! `verify` also re-checks every client signature against the channel's signer or sender
 //! ([`signatures`], on every core), when the database has a deployment record (the MPE address the
 //! signatures are over); `rebuild` does not.
@@ -274,6 +276,9 @@ pub struct VerifyReport {
     pub events: u64,
     /// Signatures re-checked; `None` when there is no deployment record to check them against.
     pub signatures_checked: Option<u64>,
+    /// Every stream's head as the log holds it (version and hash of its last event): the anchor
+    /// `verify-bundle --head` takes for a channel's stream.
+    pub heads: BTreeMap<String, StreamHead>,
 }
 
 /// Checks the log and the projections; an empty list means they agree.
@@ -298,7 +303,7 @@ pub async fn verify_report(pool: &PgPool) -> Result<VerifyReport, StoreError> {
     compare_kv(&mut tx, &folded, &mut differences).await?;
     compare_channels(&mut tx, &folded, &mut differences).await?;
     tx.commit().await?;
-    Ok(VerifyReport { differences, events: folded.events, signatures_checked })
+    Ok(VerifyReport { differences, events: folded.events, signatures_checked, heads: folded.heads })
 }
 
 async fn compare_heads(

@@ -158,6 +158,48 @@ impl<'a> World<'a> {
     }
 }
 
+/// What [`World::audit_history`] wrote.
+pub struct AuditHistory {
+    /// The chain id recorded in the deployment record.
+    pub chain_id: u64,
+    /// Every event of the channel's stream, in version order.
+    pub events: Vec<ChannelEvent>,
+}
+
+impl World<'_> {
+    /// The history the audit tests read, on the world's channel, through the production services:
+    /// two payments at nonce 0, a claim of them started and landed on chain, the sender's re-fund,
+    /// and a payment at nonce 1 (so merges from the chain with their blocks at both nonces); then
+    /// the deployment record `serve` writes (the MPE address and the chain id).
+    pub async fn audit_history(&self) -> AuditHistory {
+        use mpe_ledger::chain::ChainReader;
+        use mpe_ledger::store::postgres::deployment;
+
+        let payments = self.payments();
+        self.pay(&payments, 0, PRICE).await;
+        self.pay(&payments, 0, 2 * PRICE).await;
+        let claims = self.claims();
+        let claim = claims.start_claim(self.channel).await.unwrap();
+        self.mpe
+            .channel_claim(self.provider(), self.channel, 2 * PRICE, 2 * PRICE, &claim.signature, false)
+            .await;
+        assert_eq!(claims.record_finished_claims().await.unwrap().len(), 1, "the claim landed");
+        self.mpe.add_funds(self.client(), self.channel, 100).await;
+        // A new service reads the chain afresh, and merges the re-fund before the payment.
+        self.pay(&self.payments(), 1, PRICE).await;
+        let chain_id = self.chain.chain_id().await.unwrap();
+        deployment::record_mpe(&self.db.pool, self.mpe.eth_address()).await.unwrap();
+        deployment::record_chain_id(&self.db.pool, chain_id).await.unwrap();
+        let events = self.events().await;
+        let merges_with_block = events
+            .iter()
+            .filter(|e| matches!(e, ChannelEvent::ChannelMergedFromChain { block: Some(_), .. }))
+            .count();
+        assert!(merges_with_block >= 2, "{events:#?}");
+        AuditHistory { chain_id, events }
+    }
+}
+
 pub fn refusal(result: Result<impl std::fmt::Debug, PaymentError>) -> (PaymentErrorCode, String) {
     let error = result.unwrap_err();
     (error.code, error.message)

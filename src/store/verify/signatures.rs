@@ -15,7 +15,7 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use crate::domain::signature::{payment_message, recover_signer};
+use crate::domain::signature::check_payment_signature;
 use crate::domain::{Amount, ChannelId, EthAddress, Nonce, Signature};
 
 use super::Difference;
@@ -38,18 +38,23 @@ pub struct SignedEvent {
     pub sender: EthAddress,
 }
 
-/// The difference `event` makes, if its signature is not the signer's or the sender's.
+/// The difference `event` makes, if its signature is not the signer's or the sender's (the rule
+/// is the domain's, shared with `verify-bundle`).
 pub fn check(mpe: &EthAddress, event: &SignedEvent) -> Option<Difference> {
-    let message = payment_message(mpe, event.channel_id, event.nonce, event.amount);
-    let recovered = match recover_signer(&message, event.signature.as_bytes()) {
-        Ok(address) if address == event.signer || address == event.sender => return None,
-        Ok(address) => format!("signed by {address}"),
-        Err(error) => format!("unusable ({error})"),
-    };
+    let error = check_payment_signature(
+        mpe,
+        event.channel_id,
+        event.nonce,
+        event.amount,
+        &event.signature,
+        &event.signer,
+        &event.sender,
+    )
+    .err()?;
     Some(Difference {
         stream: event.stream.clone(),
         field: format!("version {}: signature (forged)", event.version),
-        stored: recovered,
+        stored: error.to_string(),
         folded: format!("signed by the channel's signer {} or sender {}", event.signer, event.sender),
     })
 }
@@ -124,7 +129,7 @@ fn work(mpe: EthAddress, batches: &Mutex<Receiver<Vec<SignedEvent>>>) -> Vec<(St
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::signature::sign;
+    use crate::domain::signature::{payment_message, recover_signer, sign};
 
     const CLIENT_KEY: [u8; 32] = [0x11; 32];
     const OTHER_KEY: [u8; 32] = [0x22; 32];
