@@ -1,0 +1,84 @@
+//! Primary failover under paid calls, on an existing HA engine: Patroni with etcd runs a primary
+//! and a synchronous standby on loopback (`failover/patroni.rs`), and a real `serve` knows them
+//! only by a multi-host `DATABASE_URL` with `target_session_attrs=read-write` (the writer's login).
+//! Under load the primary's Patroni and postmaster are killed with SIGKILL; Patroni promotes the
+//! standby; `serve` moves to it by itself (`store::postgres::hosts`). Afterwards every payment
+//! acknowledged to a client is in the log on the new primary, none twice, the clients pay again
+//! within `RESUME_BOUND` of the new primary taking writes, and `verify` (given the same
+//! multi-host URL) is clean (`common::crash`).
+
+mod common;
+#[path = "failover/patroni.rs"]
+mod patroni;
+
+use std::time::{Duration, Instant};
+
+use common::crash::{Outage, World, pay_through_a_crash};
+use common::ganache::Ganache;
+use common::ledger::Ledger;
+use mpe_ledger::startup::cluster::DATABASE_NAME;
+use mpe_ledger::store::postgres::{self, WRITER_ROLE, hosts};
+use patroni::{Patroni, SUPERUSER, SUPERUSER_PASSWORD};
+use sqlx::{Connection, Executor};
+
+/// Patroni's start: etcd, the primary's initdb, the standby's base backup and streaming.
+const PATRONI_START_TIMEOUT: Duration = Duration::from_secs(90);
+/// From the kill until Patroni has promoted the standby (its leader key lives 10 s).
+const PROMOTION_TIMEOUT: Duration = Duration::from_secs(45);
+const WRITER_PASSWORD: &str = "failover-writer-password";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_9_of_the_primary_under_paid_calls_fails_over_to_the_standby_and_loses_no_acknowledged_payment() {
+    let started = Instant::now();
+    let (ganache, mut patroni) = tokio::join!(Ganache::start(), Patroni::start(PATRONI_START_TIMEOUT));
+    println!("etcd, Patroni with a synchronous standby, and ganache up in {:.1} s", started.elapsed().as_secs_f64());
+    let admin = patroni.url(SUPERUSER, SUPERUSER_PASSWORD, "postgres");
+    let mut conn = hosts::connect(&admin).await.expect("the primary, found by the multi-host URL");
+    conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {DATABASE_NAME}"))).await.unwrap();
+    conn.execute(sqlx::AssertSqlSafe(format!("CREATE ROLE {WRITER_ROLE} LOGIN PASSWORD '{WRITER_PASSWORD}'")))
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    let owner_url = patroni.url(SUPERUSER, SUPERUSER_PASSWORD, DATABASE_NAME);
+    postgres::migrate(&owner_url).await.expect("migrations through the multi-host URL");
+
+    let world = World::new(&ganache, "replica-failover").await;
+    let mut ledger = Ledger::start(&patroni.url(WRITER_ROLE, WRITER_PASSWORD, DATABASE_NAME), &world.settings).await;
+
+    let mut old_primary = None;
+    pay_through_a_crash(&world, &ledger, &owner_url, "failover", async || {
+        let primary = patroni.leader().await.expect("a leader");
+        old_primary = Some(primary);
+        patroni.kill(primary);
+        let killed = Instant::now();
+        let deadline = killed + PROMOTION_TIMEOUT;
+        let old = patroni.name(primary).to_owned();
+        let members = patroni
+            .wait_until(deadline, "promotion of the standby", |m| {
+                m.iter().any(|m| m.role == "leader" && m.name != old && m.state == "running")
+            })
+            .await;
+        println!("after the kill of {old}: {members:?}");
+        let back = loop {
+            if hosts::connect(&owner_url).await.is_ok() {
+                break Instant::now();
+            }
+            assert!(Instant::now() < deadline, "the new primary takes read-write sessions:\n{}", patroni.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        Outage { killed, back }
+    })
+    .await;
+
+    let old_primary = old_primary.unwrap();
+    let new_primary = patroni.leader().await.expect("a leader after the failover");
+    assert_ne!(new_primary, old_primary, "the standby was promoted");
+    let moved = ledger.log().lines().filter(|line| line.contains("the database moved")).map(str::to_owned).collect::<Vec<_>>();
+    for line in &moved {
+        println!("{line}");
+    }
+    let new_host = format!("127.0.0.1:{}", patroni.pg_port(new_primary));
+    assert!(moved.iter().any(|line| line.contains(&new_host)), "serve's pools followed the primary to {new_host}:\n{}", ledger.log());
+    assert!(ledger.stop(), "serve stops gracefully:\n{}", ledger.log());
+    println!("whole test: {:.1} s", started.elapsed().as_secs_f64());
+}
