@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use mpe_ledger::startup::cluster::server_bin_dir;
 use nix::sys::signal::{Signal, kill};
-use nix::unistd::{Pid, User, chown, geteuid};
+use nix::unistd::{Pid, User, geteuid};
 
 use crate::common::e2e::free_port;
 use crate::common::ledger::http_get;
@@ -90,7 +90,7 @@ impl Patroni {
 
     fn give_to_server_user(&self, path: &Path) {
         if let Some(user) = &self.user {
-            chown(path, Some(user.uid), Some(user.gid)).expect("chown to the postgres user");
+            std::os::unix::fs::chown(path, Some(user.uid.as_raw()), Some(user.gid.as_raw())).expect("chown to the postgres user");
         }
     }
 
