@@ -6,19 +6,27 @@
 //! acknowledged to a client is in the log on the new primary, none twice, the clients pay again
 //! within `RESUME_BOUND` of the new primary taking writes, and `verify` (given the same
 //! multi-host URL) is clean (`common::crash`).
+//!
+//! Then the restore drill of `docs/operations.md` (`failover/restore.rs`): the base backup taken
+//! before the first payment, recovered with the WAL both primaries archived (across the timeline
+//! switch), holds every acknowledged payment, the latest of each client included, none twice.
 
 mod common;
 #[path = "failover/patroni.rs"]
 mod patroni;
+#[path = "failover/restore.rs"]
+mod restore;
 
 use std::time::{Duration, Instant};
 
 use common::crash::{Outage, World, pay_through_a_crash};
 use common::ganache::Ganache;
 use common::ledger::Ledger;
+use common::paying::{Tally, recorded_payments};
 use mpe_ledger::startup::cluster::DATABASE_NAME;
 use mpe_ledger::store::postgres::{self, WRITER_ROLE, hosts};
 use patroni::{Patroni, SUPERUSER, SUPERUSER_PASSWORD};
+use restore::RestoredServer;
 use sqlx::{Connection, Executor};
 
 /// Patroni's start: etcd, the primary's initdb, the standby's base backup and streaming.
@@ -41,12 +49,14 @@ async fn a_kill_9_of_the_primary_under_paid_calls_fails_over_to_the_standby_and_
     conn.close().await.unwrap();
     let owner_url = patroni.url(SUPERUSER, SUPERUSER_PASSWORD, DATABASE_NAME);
     postgres::migrate(&owner_url).await.expect("migrations through the multi-host URL");
+    let primary = patroni.leader().await.expect("a leader");
+    let backup = restore::base_backup(&patroni, patroni.pg_port(primary));
 
     let world = World::new(&ganache, "replica-failover").await;
     let mut ledger = Ledger::start(&patroni.url(WRITER_ROLE, WRITER_PASSWORD, DATABASE_NAME), &world.settings).await;
 
     let mut old_primary = None;
-    pay_through_a_crash(&world, &ledger, &owner_url, "failover", async || {
+    let histories = pay_through_a_crash(&world, &ledger, &owner_url, "failover", async || {
         let primary = patroni.leader().await.expect("a leader");
         old_primary = Some(primary);
         patroni.kill(primary);
@@ -80,5 +90,26 @@ async fn a_kill_9_of_the_primary_under_paid_calls_fails_over_to_the_standby_and_
     let new_host = format!("127.0.0.1:{}", patroni.pg_port(new_primary));
     assert!(moved.iter().any(|line| line.contains(&new_host)), "serve's pools followed the primary to {new_host}:\n{}", ledger.log());
     assert!(ledger.stop(), "serve stops gracefully:\n{}", ledger.log());
+
+    let drill = Instant::now();
+    restore::archive_current_wal(&owner_url).await;
+    let restored = RestoredServer::start(&patroni, &backup, &patroni.archive_dir()).await;
+    let pool = restored.pool().await;
+    let recorded = recorded_payments(&pool).await;
+    pool.close().await;
+    let tally = Tally::of(&histories, &recorded);
+    let latest: Vec<u64> = histories.iter().map(|h| h.acknowledged.last().copied().unwrap_or(0)).collect();
+    println!(
+        "restore drill: {} payments acknowledged, {} found in the restored log, {} duplicates, {} acknowledged missing; \
+         the latest acknowledged amount of each channel {latest:?}; archive switched, restored and recovered in {:.1} s",
+        tally.acknowledged,
+        tally.found,
+        tally.duplicates.len(),
+        tally.lost.len(),
+        drill.elapsed().as_secs_f64()
+    );
+    assert!(tally.lost.is_empty(), "restore drill: acknowledged payments missing: {:?}", tally.lost);
+    assert!(tally.duplicates.is_empty(), "restore drill: payments twice: {:?}", tally.duplicates);
+    drop(restored);
     println!("whole test: {:.1} s", started.elapsed().as_secs_f64());
 }

@@ -1,7 +1,7 @@
 //! Postgres killed with SIGKILL under paid calls through a real `serve`, (a) its embedded cluster,
 //! which `serve`'s supervisor restarts, and (b) an external Postgres given by `DATABASE_URL`, which
 //! the test restarts itself. Afterwards every payment acknowledged to a client (status 0) is in the
-//! log, none is there twice, the clients pay again by themselves within [`RESUME_BOUND`] of
+//! log, none is there twice, the clients pay again by themselves within `crash::RESUME_BOUND` of
 //! Postgres answering again, and `mpe-ledger verify` is clean (`common::crash`).
 
 mod common;
@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::cluster::{StopClusterOnDrop, kill_postmaster, postmaster_pid, start_again, wait_accepting};
-use common::crash::{Outage, RESUME_BOUND, World, pay_through_a_crash};
+use common::crash::{Outage, World, pay_through_a_crash};
 use common::ganache::Ganache;
 use common::ledger::Ledger;
 use mpe_ledger::startup::cluster::{DATABASE_NAME, EmbeddedCluster};

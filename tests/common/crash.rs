@@ -93,13 +93,14 @@ pub struct Outage {
 /// Pays for [`LOAD`], lets `crash` kill and bring back Postgres, waits until every client has paid
 /// again, pays for [`LOAD`] more, then checks the log at `url` (a superuser's; with several hosts,
 /// the first usable one, as `serve` reads it) against the clients' records and runs `verify` on it.
+/// Returns the clients' records.
 pub async fn pay_through_a_crash(
     world: &World<'_>,
     ledger: &Ledger,
     url: &str,
     setup: &str,
     crash: impl AsyncFnOnce() -> Outage,
-) {
+) -> Vec<ChannelHistory> {
     let clients = world.pay(ledger);
     tokio::time::sleep(LOAD).await;
     let outage = crash().await;
@@ -142,6 +143,7 @@ pub async fn pay_through_a_crash(
     assert!(before > 0, "{setup}: paid calls went through before the kill");
     let verified = verify(url).await;
     assert_eq!(verified.code, Some(0), "{setup}: verify:\n{}{}", verified.stdout, verified.stderr);
+    histories
 }
 
 fn report(setup: &str, histories: &[ChannelHistory], tally: &Tally, outage: &Outage) {

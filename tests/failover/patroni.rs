@@ -5,7 +5,8 @@
 //!
 //! As root, Patroni runs as the `postgres` system user (Postgres refuses root), started with
 //! `CommandExt::uid`/`gid` so that the pid held is Patroni's own. The Postgres binaries are the
-//! ones the embedded cluster uses (`cluster::server_bin_dir`).
+//! ones the embedded cluster uses (`cluster::server_bin_dir`). Every primary archives its WAL into
+//! one directory ([`Patroni::archive_dir`]), as production would to its backup store.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -32,7 +33,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 const POLL: Duration = Duration::from_millis(200);
 pub const SUPERUSER: &str = "postgres";
 pub const SUPERUSER_PASSWORD: &str = "patroni-superuser-password";
-const REPLICATION_PASSWORD: &str = "patroni-replication-password";
+pub const REPLICATION_USER: &str = "replicator";
+pub const REPLICATION_PASSWORD: &str = "patroni-replication-password";
 const SCOPE: &str = "mpe-ledger-failover";
 
 struct Node {
@@ -67,6 +69,8 @@ impl Patroni {
         let user = geteuid().is_root().then(|| User::from_name("postgres").ok().flatten().expect("the postgres user"));
         let mut cluster = Self { dir, etcd: None, nodes: Vec::new(), user };
         cluster.give_to_server_user(cluster.dir.path());
+        std::fs::create_dir(cluster.archive_dir()).unwrap();
+        cluster.give_to_server_user(&cluster.archive_dir());
         let etcd_client = free_port();
         cluster.start_etcd(etcd_client);
         let bin_dir = server_bin_dir().expect("the PostgreSQL server binaries");
@@ -86,6 +90,29 @@ impl Patroni {
             })
             .await;
         cluster
+    }
+
+    /// Where every primary archives its WAL (`archive_command`), for the restore drill.
+    pub fn archive_dir(&self) -> PathBuf {
+        self.dir.path().join("archive")
+    }
+
+    /// A directory of the cluster's temporary directory that the server user owns.
+    pub fn server_user_dir(&self, name: &str) -> PathBuf {
+        let dir = self.dir.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        self.give_to_server_user(&dir);
+        dir
+    }
+
+    /// `program` of the PostgreSQL server binaries, run as the server user.
+    pub fn server_command(&self, program: &str) -> Command {
+        let bin_dir = server_bin_dir().expect("the PostgreSQL server binaries");
+        let mut command = Command::new(bin_dir.join(program));
+        if let Some(user) = &self.user {
+            command.uid(user.uid.as_raw()).gid(user.gid.as_raw());
+        }
+        command
     }
 
     fn give_to_server_user(&self, path: &Path) {
@@ -135,9 +162,13 @@ bootstrap:
     loop_wait: {LOOP_WAIT_SECONDS}
     retry_timeout: {RETRY_TIMEOUT_SECONDS}
     synchronous_mode: true
+    postgresql:
+      parameters:
+        archive_mode: 'on'
+        archive_command: 'test ! -f {archive}/%f && cp %p {archive}/%f'
   pg_hba:
   - local all all trust
-  - host replication replicator 127.0.0.1/32 scram-sha-256
+  - host replication {REPLICATION_USER} 127.0.0.1/32 scram-sha-256
   - host all all 127.0.0.1/32 scram-sha-256
 postgresql:
   listen: 127.0.0.1:{pg_port}
@@ -147,11 +178,12 @@ postgresql:
   pgpass: {dir_text}/pgpass
   authentication:
     superuser: {{username: {SUPERUSER}, password: {SUPERUSER_PASSWORD}}}
-    replication: {{username: replicator, password: {REPLICATION_PASSWORD}}}
+    replication: {{username: {REPLICATION_USER}, password: {REPLICATION_PASSWORD}}}
   parameters:
     unix_socket_directories: {dir_text}
 ",
-            bin_dir = bin_dir.display()
+            bin_dir = bin_dir.display(),
+            archive = self.archive_dir().display(),
         );
         std::fs::write(dir.join("patroni.yml"), config).unwrap();
         Node { name, pg_port, api_port, dir, patroni: None }

@@ -3,9 +3,10 @@
 //! sqlx reads only the first host of such a URL, so the ledger reads the host list itself and
 //! hands sqlx one single-host URL per host (every other part of the URL, query included, is sqlx's
 //! to read). Invariants:
-//! - **Every connection the binary makes goes through this module** ([`connect`] for one-off
+//! - **Every connection made from a URL goes through this module** ([`connect`] for one-off
 //!   connections, [`Target`] for pools, see `super::connect`), so a multi-host URL works for
-//!   `serve`, migrations, logins checks, readers and read-only commands alike.
+//!   `serve`, migrations, login checks, `reader add` and read-only commands alike. (The embedded
+//!   cluster's own connections are to one known port and need none of this.)
 //! - **Hosts are tried in the URL's order**, each for at most [`HOST_CONNECT_TIMEOUT`]; the first
 //!   that connects and has the wanted [`SessionAttrs`] is used. A URL that names no usable host is
 //!   refused with one error naming each host and why it was passed over (never the password).
