@@ -113,3 +113,18 @@ async fn a_kill_9_of_the_primary_under_paid_calls_fails_over_to_the_standby_and_
     drop(restored);
     println!("whole test: {:.1} s", started.elapsed().as_secs_f64());
 }
+
+#[tokio::test]
+async fn a_target_session_attrs_the_ledger_does_not_support_stops_start_up_with_one_line() {
+    let url = "postgres://mpe_ledger_writer:secret@127.0.0.1:1,127.0.0.1:2/mpe_ledger?target_session_attrs=standby";
+    let run = common::ledger::run_command(&["verify"], &[("DATABASE_URL", url)]).await;
+    assert_ne!(run.code, Some(0));
+    let stderr = run.stderr.trim();
+    assert!(
+        stderr.contains("DATABASE_URL cannot be used")
+            && stderr.contains("target_session_attrs=standby is not supported: use any (the default), read-write or primary"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("secret"), "the password stays out of the error: {stderr}");
+    assert_eq!(stderr.lines().filter(|line| line.contains("target_session_attrs")).count(), 1, "{stderr}");
+}
