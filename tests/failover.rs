@@ -36,16 +36,22 @@ const PROMOTION_TIMEOUT: Duration = Duration::from_secs(45);
 const WRITER_PASSWORD: &str = "failover-writer-password";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_kill_9_of_the_primary_under_paid_calls_fails_over_to_the_standby_and_loses_no_acknowledged_payment() {
+async fn a_kill_9_of_the_primary_under_paid_calls_fails_over_to_the_standby_and_loses_no_acknowledged_payment()
+ {
     let started = Instant::now();
     let (ganache, mut patroni) = tokio::join!(Ganache::start(), Patroni::start(PATRONI_START_TIMEOUT));
-    println!("etcd, Patroni with a synchronous standby, and ganache up in {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "etcd, Patroni with a synchronous standby, and ganache up in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     let admin = patroni.url(SUPERUSER, SUPERUSER_PASSWORD, "postgres");
     let mut conn = hosts::connect(&admin).await.expect("the primary, found by the multi-host URL");
     conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {DATABASE_NAME}"))).await.unwrap();
-    conn.execute(sqlx::AssertSqlSafe(format!("CREATE ROLE {WRITER_ROLE} LOGIN PASSWORD '{WRITER_PASSWORD}'")))
-        .await
-        .unwrap();
+    conn.execute(sqlx::AssertSqlSafe(format!(
+        "CREATE ROLE {WRITER_ROLE} LOGIN PASSWORD '{WRITER_PASSWORD}'"
+    )))
+    .await
+    .unwrap();
     conn.close().await.unwrap();
     let owner_url = patroni.url(SUPERUSER, SUPERUSER_PASSWORD, DATABASE_NAME);
     postgres::migrate(&owner_url).await.expect("migrations through the multi-host URL");
@@ -53,7 +59,8 @@ async fn a_kill_9_of_the_primary_under_paid_calls_fails_over_to_the_standby_and_
     let backup = restore::base_backup(&patroni, patroni.pg_port(primary));
 
     let world = World::new(&ganache, "replica-failover").await;
-    let mut ledger = Ledger::start(&patroni.url(WRITER_ROLE, WRITER_PASSWORD, DATABASE_NAME), &world.settings).await;
+    let mut ledger =
+        Ledger::start(&patroni.url(WRITER_ROLE, WRITER_PASSWORD, DATABASE_NAME), &world.settings).await;
 
     let mut old_primary = None;
     let histories = pay_through_a_crash(&world, &ledger, &owner_url, "failover", async || {
@@ -73,7 +80,11 @@ async fn a_kill_9_of_the_primary_under_paid_calls_fails_over_to_the_standby_and_
             if hosts::connect(&owner_url).await.is_ok() {
                 break Instant::now();
             }
-            assert!(Instant::now() < deadline, "the new primary takes read-write sessions:\n{}", patroni.logs());
+            assert!(
+                Instant::now() < deadline,
+                "the new primary takes read-write sessions:\n{}",
+                patroni.logs()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         Outage { killed, back }
@@ -83,12 +94,21 @@ async fn a_kill_9_of_the_primary_under_paid_calls_fails_over_to_the_standby_and_
     let old_primary = old_primary.unwrap();
     let new_primary = patroni.leader().await.expect("a leader after the failover");
     assert_ne!(new_primary, old_primary, "the standby was promoted");
-    let moved = ledger.log().lines().filter(|line| line.contains("the database moved")).map(str::to_owned).collect::<Vec<_>>();
+    let moved = ledger
+        .log()
+        .lines()
+        .filter(|line| line.contains("the database moved"))
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
     for line in &moved {
         println!("{line}");
     }
     let new_host = format!("127.0.0.1:{}", patroni.pg_port(new_primary));
-    assert!(moved.iter().any(|line| line.contains(&new_host)), "serve's pools followed the primary to {new_host}:\n{}", ledger.log());
+    assert!(
+        moved.iter().any(|line| line.contains(&new_host)),
+        "serve's pools followed the primary to {new_host}:\n{}",
+        ledger.log()
+    );
     assert!(ledger.stop(), "serve stops gracefully:\n{}", ledger.log());
 
     let drill = Instant::now();
@@ -116,13 +136,16 @@ async fn a_kill_9_of_the_primary_under_paid_calls_fails_over_to_the_standby_and_
 
 #[tokio::test]
 async fn a_target_session_attrs_the_ledger_does_not_support_stops_start_up_with_one_line() {
-    let url = "postgres://mpe_ledger_writer:secret@127.0.0.1:1,127.0.0.1:2/mpe_ledger?target_session_attrs=standby";
+    let url =
+        "postgres://mpe_ledger_writer:secret@127.0.0.1:1,127.0.0.1:2/mpe_ledger?target_session_attrs=standby";
     let run = common::ledger::run_command(&["verify"], &[("DATABASE_URL", url)]).await;
     assert_ne!(run.code, Some(0));
     let stderr = run.stderr.trim();
     assert!(
         stderr.contains("DATABASE_URL cannot be used")
-            && stderr.contains("target_session_attrs=standby is not supported: use any (the default), read-write or primary"),
+            && stderr.contains(
+                "target_session_attrs=standby is not supported: use any (the default), read-write or primary"
+            ),
         "{stderr}"
     );
     assert!(!stderr.contains("secret"), "the password stays out of the error: {stderr}");

@@ -171,7 +171,8 @@ impl Database {
 
 /// Reads both URLs (module doc): `target_session_attrs` and each host are checked here.
 fn check_urls(settings: &DatabaseSettings) -> anyhow::Result<()> {
-    let urls = [("DATABASE_URL", &settings.database_url), ("MIGRATION_DATABASE_URL", &settings.migration_url)];
+    let urls =
+        [("DATABASE_URL", &settings.database_url), ("MIGRATION_DATABASE_URL", &settings.migration_url)];
     for (name, url) in urls {
         if let Some(url) = url {
             url.parse::<Target>().with_context(|| format!("{name} cannot be used"))?;

@@ -66,7 +66,9 @@ impl Patroni {
     /// second streams as the synchronous standby.
     pub async fn start(timeout: Duration) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let user = geteuid().is_root().then(|| User::from_name("postgres").ok().flatten().expect("the postgres user"));
+        let user = geteuid()
+            .is_root()
+            .then(|| User::from_name("postgres").ok().flatten().expect("the postgres user"));
         let mut cluster = Self { dir, etcd: None, nodes: Vec::new(), user };
         cluster.give_to_server_user(cluster.dir.path());
         std::fs::create_dir(cluster.archive_dir()).unwrap();
@@ -80,13 +82,18 @@ impl Patroni {
         }
         let deadline = Instant::now() + timeout;
         cluster.spawn_patroni(0);
-        cluster.wait_until(deadline, "a leader", |m| m.iter().any(|m| m.role == "leader" && m.state == "running")).await;
+        cluster
+            .wait_until(deadline, "a leader", |m| {
+                m.iter().any(|m| m.role == "leader" && m.state == "running")
+            })
+            .await;
         for index in 1..NODES {
             cluster.spawn_patroni(index);
         }
         cluster
             .wait_until(deadline, "a streaming synchronous standby", |m| {
-                m.iter().any(|m| m.role == "sync_standby" && matches!(m.state.as_str(), "streaming" | "running"))
+                m.iter()
+                    .any(|m| m.role == "sync_standby" && matches!(m.state.as_str(), "streaming" | "running"))
             })
             .await;
         cluster
@@ -117,7 +124,8 @@ impl Patroni {
 
     fn give_to_server_user(&self, path: &Path) {
         if let Some(user) = &self.user {
-            std::os::unix::fs::chown(path, Some(user.uid.as_raw()), Some(user.gid.as_raw())).expect("chown to the postgres user");
+            std::os::unix::fs::chown(path, Some(user.uid.as_raw()), Some(user.gid.as_raw()))
+                .expect("chown to the postgres user");
         }
     }
 
@@ -193,7 +201,11 @@ postgresql:
         let node = &mut self.nodes[index];
         let log = std::fs::File::create(node.dir.join("patroni.log")).expect("Patroni's log file");
         let mut command = Command::new("patroni");
-        command.arg(node.dir.join("patroni.yml")).stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
+        command
+            .arg(node.dir.join("patroni.yml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
         command.current_dir(&node.dir);
         if let Some(user) = &self.user {
             command.uid(user.uid.as_raw()).gid(user.gid.as_raw()).env("HOME", &node.dir);
@@ -218,7 +230,12 @@ postgresql:
     }
 
     /// Waits until `done` holds for the members; panics at `deadline` with the logs' tails.
-    pub async fn wait_until(&self, deadline: Instant, what: &str, done: impl Fn(&[Member]) -> bool) -> Vec<Member> {
+    pub async fn wait_until(
+        &self,
+        deadline: Instant,
+        what: &str,
+        done: impl Fn(&[Member]) -> bool,
+    ) -> Vec<Member> {
         loop {
             let members = self.members().await;
             if done(&members) {
@@ -248,7 +265,8 @@ postgresql:
 
     /// A URL naming every node, in order, for `target_session_attrs=read-write`.
     pub fn url(&self, user: &str, password: &str, database: &str) -> String {
-        let hosts: Vec<String> = self.nodes.iter().map(|node| format!("127.0.0.1:{}", node.pg_port)).collect();
+        let hosts: Vec<String> =
+            self.nodes.iter().map(|node| format!("127.0.0.1:{}", node.pg_port)).collect();
         format!("postgres://{user}:{password}@{}/{database}?target_session_attrs=read-write", hosts.join(","))
     }
 

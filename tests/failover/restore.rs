@@ -27,7 +27,19 @@ pub fn base_backup(patroni: &Patroni, port: u16) -> PathBuf {
     let target = patroni.server_user_dir("backup").join("data");
     let output = patroni
         .server_command("pg_basebackup")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", REPLICATION_USER, "-X", "stream", "-c", "fast", "-D"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            REPLICATION_USER,
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+            "-D",
+        ])
         .arg(&target)
         .env("PGPASSWORD", REPLICATION_PASSWORD)
         .output()

@@ -141,8 +141,9 @@ impl FromStr for Target {
             .into_iter()
             .map(|name| {
                 let single = format!("{scheme}://{userinfo}{name}{path}{query}");
-                let options = PgConnectOptions::from_str(&single)
-                    .map_err(|error| DatabaseUrlError::Host { host: name.to_owned(), reason: error.to_string() })?;
+                let options = PgConnectOptions::from_str(&single).map_err(|error| {
+                    DatabaseUrlError::Host { host: name.to_owned(), reason: error.to_string() }
+                })?;
                 let name = format!("{}:{}", options.get_host(), options.get_port());
                 Ok(Host { name, options })
             })
@@ -279,8 +280,9 @@ mod tests {
 
     #[test]
     fn every_host_of_a_multi_host_url_keeps_the_login_database_and_query() {
-        let target =
-            parse("postgresql://w:s%40cret@h1:5432,h2:5433,[::1]:5434/mpe?sslmode=disable&target_session_attrs=read-write");
+        let target = parse(
+            "postgresql://w:s%40cret@h1:5432,h2:5433,[::1]:5434/mpe?sslmode=disable&target_session_attrs=read-write",
+        );
         assert_eq!(names(&target), ["h1:5432", "h2:5433", "[::1]:5434"]);
         assert_eq!(target.attrs, SessionAttrs::ReadWrite);
         for host in &target.hosts {
