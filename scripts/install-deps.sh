@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what running and testing the ledger needs on a Debian machine, only when missing:
 # the PostgreSQL server binaries (initdb, pg_ctl, postgres), and the end-to-end test environment
-# in .test-env/ (ganache and the SingularityNET clients with their contract artifacts).
+# in .test-env/ (ganache and the SingularityNET clients with their contract artifacts), and Patroni
+# with etcd for the failover test.
 set -euo pipefail
 
 as_root() {
@@ -25,6 +26,20 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb 
     pg_lsclusters --no-header 2>/dev/null | while read -r version name _; do
       as_root pg_ctlcluster "$version" "$name" stop 2>/dev/null || true
     done
+  fi
+fi
+
+# The failover test (tests/failover.rs) runs a primary and a synchronous standby under Patroni with
+# etcd, all started by the test itself on loopback: the packages' own services are not used.
+if ! command -v patroni >/dev/null 2>&1 || ! command -v etcd >/dev/null 2>&1; then
+  echo "installing Patroni and etcd (Debian packages patroni, etcd-server)"
+  apt_install patroni etcd-server
+  # etcd-server starts a default member on 127.0.0.1:2379, which the test does not want.
+  if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    as_root systemctl disable --now etcd patroni >/dev/null 2>&1 || true
+  fi
+  if command -v service >/dev/null 2>&1; then
+    as_root service etcd stop >/dev/null 2>&1 || true
   fi
 fi
 

@@ -24,14 +24,22 @@
 //! embedded cluster they own it when nobody does (started for the command, stopped after it, also
 //! when the schema is refused) and attach beside a running `serve` otherwise; they never create a
 //! cluster or the database (a data directory without them is refused).
+//!
+//! **Multi-host URLs.** `DATABASE_URL` and `MIGRATION_DATABASE_URL` may name several hosts with
+//! libpq's `target_session_attrs` (`postgres://…@h1:5432,h2:5432/mpe_ledger?target_session_attrs=read-write`,
+//! for a primary and its standbys under Patroni or the like): every connection made here goes
+//! through `store::postgres::hosts`, which finds the usable host and keeps each pool on it after a
+//! failover. Both URLs are read before anything else, so a URL that cannot be used stops start-up
+//! with one line naming the setting.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::{Connection, PgPool};
 
 use super::cluster::{self, DATABASE_NAME, EmbeddedCluster};
+use crate::store::postgres::hosts::Target;
 use crate::store::postgres::schema::{self, AppliedMigrations, check_schema};
 use crate::store::postgres::{self, logins};
 
@@ -79,6 +87,7 @@ impl Database {
     /// Connects (starting the embedded cluster if needed) and applies the migrations, or checks
     /// that they are applied (module doc).
     pub async fn open(settings: &DatabaseSettings, purpose: Purpose) -> anyhow::Result<Self> {
+        check_urls(settings)?;
         if let Purpose::ReadOnly(command) = purpose {
             return Self::open_read_only(settings, command).await;
         }
@@ -161,9 +170,21 @@ impl Database {
     }
 }
 
+/// Reads both URLs (module doc): `target_session_attrs` and each host are checked here.
+fn check_urls(settings: &DatabaseSettings) -> anyhow::Result<()> {
+    let urls =
+        [("DATABASE_URL", &settings.database_url), ("MIGRATION_DATABASE_URL", &settings.migration_url)];
+    for (name, url) in urls {
+        if let Some(url) = url {
+            url.parse::<Target>().with_context(|| format!("{name} cannot be used"))?;
+        }
+    }
+    Ok(())
+}
+
 /// Refuses the database at `url` unless its schema is this binary's; reads only.
 async fn check_schema_at(url: &str) -> anyhow::Result<()> {
-    let mut conn = PgConnection::connect(url).await.context("connecting to the database")?;
+    let mut conn = postgres::hosts::connect(url).await.context("connecting to the database")?;
     sqlx::raw_sql("SET default_transaction_read_only = on")
         .execute(&mut conn)
         .await

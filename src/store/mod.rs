@@ -46,6 +46,14 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
+    #[error(transparent)]
+    DatabaseUrl(#[from] postgres::hosts::DatabaseUrlError),
+    #[error("no host of the database URL accepts {wanted} sessions: {passed_over}")]
+    NoUsableHost { wanted: &'static str, passed_over: String },
+    #[error("refused: {reason}")]
+    HostRefused { reason: &'static str },
+    #[error("no connection within {after:?}")]
+    HostTimedOut { after: std::time::Duration },
 }
 
 /// Refuses keys and values above the limits (module doc).

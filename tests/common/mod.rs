@@ -8,6 +8,7 @@
 
 pub mod cluster;
 pub mod contract;
+pub mod crash;
 pub mod e2e;
 pub mod escrow;
 pub mod escrow_world;

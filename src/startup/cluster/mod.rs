@@ -90,6 +90,13 @@ async fn prepare(data_root: &Path) -> Result<Server, ClusterError> {
     Ok(Server { bin_dir, user, data_root: root })
 }
 
+/// The directory of the PostgreSQL server binaries the embedded cluster uses (`MPE_LEDGER_PG_BIN`,
+/// else Debian's newest `/usr/lib/postgresql/<major>/bin`, else `PATH`), for tools that run a
+/// server of their own on the same binaries (Patroni's `bin_dir`).
+pub fn server_bin_dir() -> Result<PathBuf, ClusterError> {
+    server::locate_binaries()
+}
+
 /// Whether `data_root` holds an initialised cluster (running or not).
 pub fn exists_in(data_root: &Path) -> bool {
     data_root.join(PGDATA_DIR).join("PG_VERSION").exists()

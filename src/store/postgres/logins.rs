@@ -6,7 +6,7 @@
 //! should be neither; [`login_privilege`] tells, [`missing_migrations`] lets such a login check
 //! the schema without being able to migrate it.
 
-use sqlx::{Connection, PgConnection};
+use sqlx::Connection;
 
 use super::schema::{AppliedMigrations, FIRST_MIGRATION_READABLE_BY_WRITER, applied_migrations};
 use super::{MIGRATOR, OWNER_ROLE};
@@ -29,7 +29,7 @@ impl LoginPrivilege {
 
 /// The privilege of `url`'s login (its session user, whatever role it switches to).
 pub async fn login_privilege(url: &str) -> Result<LoginPrivilege, StoreError> {
-    let mut conn = PgConnection::connect(url).await?;
+    let mut conn = super::hosts::connect(url).await?;
     // CASE keeps pg_has_role from being evaluated for a role that does not exist.
     let (superuser, owner_member): (bool, bool) = sqlx::query_as(
         "SELECT r.rolsuper, CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1) \
@@ -47,7 +47,7 @@ pub async fn login_privilege(url: &str) -> Result<LoginPrivilege, StoreError> {
 /// for a database never migrated). A login that cannot read `_sqlx_migrations` (a schema from
 /// before migration 4, which grants it) sees every migration from 4 on as missing.
 pub async fn missing_migrations(url: &str) -> Result<Vec<i64>, StoreError> {
-    let mut conn = PgConnection::connect(url).await?;
+    let mut conn = super::hosts::connect(url).await?;
     let applied = applied_migrations(&mut conn).await;
     let _ = conn.close().await;
     let applied: Vec<i64> = match applied? {

@@ -15,7 +15,7 @@
 
 use std::fmt;
 
-use sqlx::{Connection, PgConnection};
+use sqlx::Connection;
 
 use crate::store::StoreError;
 
@@ -97,7 +97,7 @@ END
 $$"#;
 
 pub async fn add_reader(admin_url: &str, name: &ReaderName, password: &str) -> Result<(), ReaderError> {
-    let mut conn = PgConnection::connect(admin_url).await.map_err(StoreError::Database)?;
+    let mut conn = super::hosts::connect(admin_url).await?;
     let result = async {
         let set = "SELECT set_config($1, $2, true)";
         let mut tx = conn.begin().await?;
