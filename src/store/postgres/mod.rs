@@ -5,6 +5,7 @@
 //! run with their own URL as the owning role (design.md §8). The switch defends against our own bugs,
 //! not against an operator who can `RESET ROLE`.
 
+pub mod audit;
 pub mod batch;
 mod channel_write;
 pub mod channels;
