@@ -442,9 +442,9 @@ async fn serve_runs_the_api_on_its_own_loopback_port_only_when_a_token_is_config
     assert_eq!(serde_json::from_str::<Value>(&document).unwrap(), mpe_ledger::audit::openapi::document_json());
     // Never on the public port.
     for path in ["/v1/channels/5", "/openapi.json"] {
-        let (status, body) = http_get_with(on.port, path, &[("Authorization", &bearer)]).await.unwrap();
-        assert_ne!(status, 200, "{path} on the public port: {body}");
-        assert!(!body.contains("full_amount") && !body.contains("openapi"), "{path}: {body}");
+        // The public port takes it for a paid call (a gRPC refusal), never for the audit API.
+        let (_, body) = http_get_with(on.port, path, &[("Authorization", &bearer)]).await.unwrap();
+        assert!(serde_json::from_str::<Value>(&body).is_err(), "{path} on the public port: {body}");
     }
     drop(on);
 

@@ -10,7 +10,7 @@ use utoipa::IntoParams;
 
 use crate::domain::{ChannelId, fold};
 use crate::store::StoreError;
-use crate::store::postgres::audit::{self, AsOf, AsOfAnswer};
+use crate::store::postgres::audit::{self, Answerable, AsOf, AsOfAnswer};
 
 use super::channels::unknown_channel;
 use super::views::{AsOfView, ChannelAnswer, ChannelView};
@@ -47,17 +47,21 @@ pub async fn channel_as_of(pool: &PgPool, id: ChannelId, point: AsOf) -> Result<
     let answer = audit::channel_events_as_of(pool, id, point).await?.ok_or_else(|| unknown_channel(id))?;
     let rows = match answer {
         AsOfAnswer::Final(rows) => rows,
-        AsOfAnswer::NotYetFinal { answerable_before } => {
+        AsOfAnswer::NotYetFinal(answerable) => {
             let what = match point {
                 AsOf::Position(n) => format!("position {n}"),
                 AsOf::Time(t) => format!("time {}", rfc3339(&t)),
             };
-            let bound = match (point, answerable_before) {
-                (AsOf::Position(_), Some(last)) => format!("positions below {last} are answered now"),
-                (AsOf::Time(_), Some(start)) => format!(
-                    "times before {start}, the start of the oldest running transaction, are answered now (an event's time is its insert time, not its commit time)"
+            let bound = match answerable {
+                Answerable::PositionsBelow(last) => format!("positions below {last} are answered now"),
+                Answerable::PositionsUpTo(end) => format!("positions up to {end} are answered now"),
+                Answerable::TimesBefore(start) => format!(
+                    "times before {}, the start of the oldest running transaction or now, are answered now (an event's time is its insert time, not its commit time)",
+                    rfc3339(&start)
                 ),
-                (_, None) => "a running transaction's start cannot be seen by this login, so no time is answered now".into(),
+                Answerable::NoTime => {
+                    "a running transaction's start cannot be seen by this login, so no time is answered until it ends".into()
+                }
             };
             return Err(AuditError::NotYetFinal(format!(
                 "channel {id} as of {what}: a running transaction may still add events at or before it; {bound}; retry later"

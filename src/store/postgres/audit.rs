@@ -71,11 +71,20 @@ pub enum AsOfAnswer {
     /// Every event of the channel at or before the point (possibly none), in stream order.
     Final(Vec<LoggedEvent>),
     /// A running transaction may still add an event at or before the point.
-    NotYetFinal {
-        /// The latest point that is answered now: a position (as of a position) or an RFC 3339
-        /// time (as of a time); `None` when no point can be told now.
-        answerable_before: Option<String>,
-    },
+    NotYetFinal(Answerable),
+}
+
+/// The points that can be answered now, when the one asked for cannot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answerable {
+    /// Positions below this one (the channel's last committed event).
+    PositionsBelow(i64),
+    /// Positions up to and including this one (the log's end when nothing was running).
+    PositionsUpTo(i64),
+    /// Times before this one (the oldest running transaction's start, or now).
+    TimesBefore(DateTime<Utc>),
+    /// No time: a running transaction's start cannot be seen by this login.
+    NoTime,
 }
 
 /// Opens the one short transaction of a read.
@@ -189,58 +198,64 @@ pub async fn channel_claims(pool: &PgPool, channel_id: ChannelId) -> Result<Opti
 /// The channel's events at or before `point`, when that is final (module doc); `None` for an
 /// unknown channel.
 ///
+/// First, before the snapshot is taken, the running transactions that hold a transaction id are
+/// listed from `pg_locks` (each holds its own id's lock; the list covers every login and prepared
+/// transactions), with their start times where `pg_stat_activity` shows them to this login,
+/// together with the log's last position and the time (t1). A transaction not in that list had
+/// either finished by t1, and the snapshot taken after it sees its events, or gets its id after
+/// t1, and so inserts events at positions above every position handed out before and at times
+/// after t1. Then, in the snapshot:
 /// - As of a **position** N: within one stream positions follow versions (each version is written
 ///   after the previous one committed), so when the channel has a committed event above N, no event
-///   of it can still appear at or below N. Otherwise N is answered only when no transaction at all
-///   is running (the snapshot has no transaction in progress); else the answer is not final, and
-///   the positions below the channel's last event are named as answerable.
-/// - As of a **time** T: an event's time is its insert time, taken inside its transaction, so a
-///   running transaction can still commit events recorded after its start and nothing earlier.
-///   T is answered when it is older than the start of every running transaction that holds a
-///   transaction id, and older than now. A running transaction whose start this login cannot see
-///   (another login's session, a prepared transaction) makes every T unanswerable now.
+///   of it can still appear at or below N. Otherwise N is answered when nothing was running at t1
+///   and N is at most the log's last position then.
+/// - As of a **time** T: an event's time is its insert time, taken inside its transaction after its
+///   id, so T is answered when it is before t1 and before the start of every transaction running
+///   at t1. A running transaction whose start this login cannot see (another login's session, a
+///   prepared transaction) makes every T unanswerable until it ends.
 pub async fn channel_events_as_of(
     pool: &PgPool,
     channel_id: ChannelId,
     point: AsOf,
 ) -> Result<Option<AsOfAnswer>, StoreError> {
-    let mut tx = read_only(pool).await?;
-    let stream = StreamId::Channel(channel_id).to_string();
-    // The first statement takes the snapshot that everything below reads.
-    let horizon: (Option<i64>, bool, Option<DateTime<Utc>>, bool, DateTime<Utc>) = sqlx::query_as(
-        "WITH snapshot AS (SELECT pg_current_snapshot() AS s),
-              running AS (SELECT x FROM snapshot, pg_snapshot_xip(s) AS x),
-              starts AS (
-                  SELECT r.x, a.xact_start FROM running r
-                  LEFT JOIN pg_stat_activity a
-                    ON a.backend_xid IS NOT NULL
-                   AND a.backend_xid::text::numeric = r.x::text::numeric % 4294967296)
-         SELECT (SELECT max(position) FROM ledger.events WHERE stream = $1),
-                NOT EXISTS (SELECT 1 FROM running),
-                (SELECT min(xact_start) FROM starts),
-                EXISTS (SELECT 1 FROM starts WHERE xact_start IS NULL),
-                statement_timestamp()",
+    let mut conn = pool.acquire().await?;
+    let running: (Option<i64>, DateTime<Utc>, bool, Option<DateTime<Utc>>, bool) = sqlx::query_as(
+        "WITH holders AS (
+             SELECT a.xact_start FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+             WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock' AND l.granted)
+         SELECT (SELECT max(position) FROM ledger.events), clock_timestamp(),
+                EXISTS (SELECT 1 FROM holders), (SELECT min(xact_start) FROM holders),
+                EXISTS (SELECT 1 FROM holders WHERE xact_start IS NULL)",
     )
-    .bind(&stream)
-    .fetch_one(&mut *tx)
+    .fetch_one(&mut *conn)
     .await?;
-    let (last_position, nothing_running, oldest_start, unseen_start, now) = horizon;
+    let (log_end, t1, any_running, oldest_start, unseen_start) = running;
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
+    let stream = StreamId::Channel(channel_id).to_string();
+    let last_position: Option<i64> =
+        sqlx::query_scalar("SELECT max(position) FROM ledger.events WHERE stream = $1")
+            .bind(&stream)
+            .fetch_one(&mut *tx)
+            .await?;
     let Some(last_position) = last_position else {
         return Ok(None);
     };
-    let final_answer = match point {
-        AsOf::Position(n) => n < last_position || nothing_running,
+    let not_final = match point {
+        AsOf::Position(n) if n < last_position => None,
+        AsOf::Position(_) if any_running => Some(Answerable::PositionsBelow(last_position)),
+        AsOf::Position(n) => {
+            let end = log_end.unwrap_or(0);
+            (n > end).then_some(Answerable::PositionsUpTo(end))
+        }
+        AsOf::Time(_) if any_running && unseen_start => Some(Answerable::NoTime),
         AsOf::Time(t) => {
-            t < now && (nothing_running || (!unseen_start && oldest_start.is_some_and(|start| t < start)))
+            let bound = oldest_start.filter(|_| any_running).map_or(t1, |start| start.min(t1));
+            (t >= bound).then_some(Answerable::TimesBefore(bound))
         }
     };
-    if !final_answer {
-        let answerable_before = match point {
-            AsOf::Position(_) => Some(last_position.to_string()),
-            AsOf::Time(_) if unseen_start => None,
-            AsOf::Time(_) => Some(crate::audit::rfc3339(&oldest_start.unwrap_or(now).min(now))),
-        };
-        return Ok(Some(AsOfAnswer::NotYetFinal { answerable_before }));
+    if let Some(answerable) = not_final {
+        return Ok(Some(AsOfAnswer::NotYetFinal(answerable)));
     }
     let sql = format!(
         "SELECT {EVENT_COLUMNS} FROM ledger.events
