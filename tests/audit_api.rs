@@ -108,10 +108,12 @@ async fn a_scripted_history_reads_back_exactly_now_and_as_of_any_point() {
         assert_eq!(event["stream_version"], json!(index + 1));
         assert_eq!(event["prev_hash"], json!(hex(prev_hash)));
         assert_eq!(event["hash"], json!(hex(hash)));
-        let previous = if index == 0 { hex(&[0; 32]) } else { events[index - 1]["hash"].as_str().unwrap().to_owned() };
+        let previous =
+            if index == 0 { hex(&[0; 32]) } else { events[index - 1]["hash"].as_str().unwrap().to_owned() };
         assert_eq!(event["prev_hash"], json!(previous), "event {index} links to the one before");
     }
-    let signature = |nonce: u64, amount: u64| hex(&world.mpe.sign_payment(world.client(), a, nonce, amount).0);
+    let signature =
+        |nonce: u64, amount: u64| hex(&world.mpe.sign_payment(world.client(), a, nonce, amount).0);
     assert_eq!(
         events[2]["payload"],
         json!({"type": "payment_accepted", "nonce": "0", "amount": "20", "signature": signature(0, 20)})
@@ -132,7 +134,10 @@ async fn a_scripted_history_reads_back_exactly_now_and_as_of_any_point() {
         })
     };
     let now = api.ok(&format!("/v1/channels/{a}")).await;
-    assert_eq!(now, json!({"channel": channel_a("1", "975", "10", Some(signature(1, 10)), 8), "as_of": null}));
+    assert_eq!(
+        now,
+        json!({"channel": channel_a("1", "975", "10", Some(signature(1, 10)), 8), "as_of": null})
+    );
 
     // A as of its third event (the payment of 20), by position and by that event's time.
     let third = events[2]["position"].as_i64().unwrap();
@@ -144,9 +149,13 @@ async fn a_scripted_history_reads_back_exactly_now_and_as_of_any_point() {
         json!({"channel": expected, "as_of": {"position": third, "time": null, "last_event_position": third}})
     );
     let time = events[2]["recorded_at"].as_str().unwrap();
-    let (status, body) = settled(&api, &format!("/v1/channels/{a}?as_of_time={}", time.replace('+', "%2B"))).await;
+    let (status, body) =
+        settled(&api, &format!("/v1/channels/{a}?as_of_time={}", time.replace('+', "%2B"))).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body, json!({"channel": expected, "as_of": {"position": null, "time": time, "last_event_position": third}}));
+    assert_eq!(
+        body,
+        json!({"channel": expected, "as_of": {"position": null, "time": time, "last_event_position": third}})
+    );
     // After the claim started: the nonce moved on, the claimed amount left the full amount.
     let fifth = events[4]["position"].as_i64().unwrap();
     let (_, body) = settled(&api, &format!("/v1/channels/{a}?as_of_position={fifth}")).await;
@@ -158,7 +167,10 @@ async fn a_scripted_history_reads_back_exactly_now_and_as_of_any_point() {
     // Before A's first event: no channel yet.
     let first = events[0]["position"].as_i64().unwrap();
     let (status, body) = settled(&api, &format!("/v1/channels/{a}?as_of_position={}", first - 1)).await;
-    assert_eq!((status, body), (404, json!({"error": format!("channel {a} has no events at or before that point")})));
+    assert_eq!(
+        (status, body),
+        (404, json!({"error": format!("channel {a} has no events at or before that point")}))
+    );
 
     // Claims with their status.
     let claims_a = api.ok(&format!("/v1/channels/{a}/claims")).await;
@@ -174,7 +186,8 @@ async fn a_scripted_history_reads_back_exactly_now_and_as_of_any_point() {
 
     // The list, filtered and paged one by one across the boundary.
     let list = api.ok("/v1/channels").await;
-    let ids: Vec<&str> = list["channels"].as_array().unwrap().iter().map(|c| c["channel_id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> =
+        list["channels"].as_array().unwrap().iter().map(|c| c["channel_id"].as_str().unwrap()).collect();
     assert_eq!(ids, [a.to_string(), b.to_string()]);
     assert_eq!(list["channels"][0], now["channel"]);
     assert_eq!(list["next"], Value::Null);
@@ -209,10 +222,20 @@ async fn a_scripted_history_reads_back_exactly_now_and_as_of_any_point() {
     let expected: Vec<Value> =
         stored.iter().map(|(s, v, h)| json!({"stream": s, "version": v, "head_hash": hex(h)})).collect();
     assert_eq!(heads, json!({"streams": expected, "next": null}));
-    assert_eq!(heads["streams"].as_array().unwrap().iter().find(|s| s["stream"] == json!(format!("channel/{a}"))).unwrap()["head_hash"], events[7]["hash"]);
+    assert_eq!(
+        heads["streams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["stream"] == json!(format!("channel/{a}")))
+            .unwrap()["head_hash"],
+        events[7]["hash"]
+    );
     let one = api.ok("/v1/streams?page_size=1").await;
     assert_eq!(one["next"], expected[0]["stream"]);
-    let rest = api.ok(&format!("/v1/streams?after={}", expected[0]["stream"].as_str().unwrap().replace('/', "%2F"))).await;
+    let rest = api
+        .ok(&format!("/v1/streams?after={}", expected[0]["stream"].as_str().unwrap().replace('/', "%2F")))
+        .await;
     assert_eq!(rest["streams"], json!(expected[1..]));
 
     // The feed from the start holds every event of the log once.
@@ -251,8 +274,22 @@ async fn bad_parameters_are_400_and_bad_tokens_401_each_with_a_message() {
     let before = (db.event_count().await, db.projections_snapshot().await);
 
     let unauthorized = json!({"error": "a valid bearer token is required (Authorization: Bearer <token>)"});
-    for path in ["/v1/channels", "/v1/channels/7", "/v1/channels/7/events", "/v1/channels/7/claims", "/v1/events", "/v1/streams", "/v1/channels/bad?page_size=0"] {
-        for authorization in [None, Some("Bearer wrong-token-0123456789abcdef"), Some(TOKEN), Some(&format!("Basic {TOKEN}")[..]), Some(&format!("Bearer {TOKEN}x")[..])] {
+    for path in [
+        "/v1/channels",
+        "/v1/channels/7",
+        "/v1/channels/7/events",
+        "/v1/channels/7/claims",
+        "/v1/events",
+        "/v1/streams",
+        "/v1/channels/bad?page_size=0",
+    ] {
+        for authorization in [
+            None,
+            Some("Bearer wrong-token-0123456789abcdef"),
+            Some(TOKEN),
+            Some(&format!("Basic {TOKEN}")[..]),
+            Some(&format!("Bearer {TOKEN}x")[..]),
+        ] {
             let (status, body) = api.get_as(path, authorization).await;
             assert_eq!((status, &body), (401, &unauthorized), "{path} with {authorization:?}");
         }
@@ -271,8 +308,14 @@ async fn bad_parameters_are_400_and_bad_tokens_401_each_with_a_message() {
         ("/v1/channels?group=0x07", "group \"0x07\" is not 0x-hex of 32 bytes"),
         ("/v1/channels/7/events?after=-1", "after \"-1\" is not a stream version"),
         ("/v1/channels/7/events?page_size=5000", "page_size \"5000\" is not a whole number from 1 to 1000"),
-        ("/v1/channels/7?as_of_position=0", "as_of_position \"0\" is not a log position (a whole number from 1)"),
-        ("/v1/channels/7?as_of_position=1&as_of_time=2026-01-01T00:00:00Z", "give as_of_position or as_of_time, not both"),
+        (
+            "/v1/channels/7?as_of_position=0",
+            "as_of_position \"0\" is not a log position (a whole number from 1)",
+        ),
+        (
+            "/v1/channels/7?as_of_position=1&as_of_time=2026-01-01T00:00:00Z",
+            "give as_of_position or as_of_time, not both",
+        ),
         ("/v1/events?after=12", "after \"12\" is not a feed cursor (<transaction id>-<position>)"),
         ("/v1/events?after=1-x", "after \"1-x\" is not a feed cursor (<transaction id>-<position>)"),
         ("/v1/events?wait_seconds=31", "wait_seconds \"31\" is not a whole number from 0 to 30"),
@@ -293,7 +336,12 @@ async fn bad_parameters_are_400_and_bad_tokens_401_each_with_a_message() {
         assert_eq!(status, 400, "{path}: {body}");
         assert!(body["error"].as_str().unwrap().contains(named), "{path}: {body}");
     }
-    for path in ["/v1/channels/8", "/v1/channels/8/events", "/v1/channels/8/claims", "/v1/channels/8?as_of_position=1"] {
+    for path in [
+        "/v1/channels/8",
+        "/v1/channels/8/events",
+        "/v1/channels/8/claims",
+        "/v1/channels/8?as_of_position=1",
+    ] {
         let (status, body) = api.get(path).await;
         assert_eq!((status, body), (404, json!({"error": "channel 8 is not in the ledger"})), "{path}");
     }
@@ -307,7 +355,8 @@ async fn as_of_points_that_a_running_transaction_can_still_change_are_409_until_
     let db = TestDb::new().await;
     let id = stored_channel(&db, 3).await;
     let api = AuditApi::new(&db.pool).await;
-    let position: i64 = sqlx::query_scalar("SELECT max(position) FROM ledger.events").fetch_one(&db.pool).await.unwrap();
+    let position: i64 =
+        sqlx::query_scalar("SELECT max(position) FROM ledger.events").fetch_one(&db.pool).await.unwrap();
     let (status, body) = settled(&api, &format!("/v1/channels/{id}?as_of_position={position}")).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["channel"]["full_amount"], json!("100"));
@@ -334,7 +383,10 @@ async fn as_of_points_that_a_running_transaction_can_still_change_are_409_until_
     assert_eq!(status, 200, "{body}");
     // Before the channel existed (as of a time long past): no channel yet.
     let (status, body) = settled(&api, &format!("/v1/channels/{id}?as_of_time=2000-01-01T00:00:00Z")).await;
-    assert_eq!((status, body), (404, json!({"error": format!("channel {id} has no events at or before that point")})));
+    assert_eq!(
+        (status, body),
+        (404, json!({"error": format!("channel {id} has no events at or before that point")}))
+    );
 }
 
 /// Writers of the feed test: each commits this many events on keys of its own.
@@ -369,7 +421,10 @@ async fn the_feed_yields_every_committed_event_exactly_once_under_eight_concurre
             let position = event["position"].as_i64().unwrap();
             let stream = event["stream"].as_str().unwrap().to_owned();
             let version = event["stream_version"].as_i64().unwrap();
-            assert!(seen.insert(position, (stream.clone(), version)).is_none(), "position {position} came twice");
+            assert!(
+                seen.insert(position, (stream.clone(), version)).is_none(),
+                "position {position} came twice"
+            );
             let previous = last_version.insert(stream.clone(), version).unwrap_or(0);
             assert_eq!(version, previous + 1, "{stream} in version order");
         }
@@ -381,8 +436,12 @@ async fn the_feed_yields_every_committed_event_exactly_once_under_eight_concurre
     // Nothing more comes, and what came is exactly the log.
     let after = api.ok(&format!("/v1/events?after={cursor}&wait_seconds=1")).await;
     assert_eq!(after, json!({"events": [], "next": cursor}));
-    let positions: BTreeSet<i64> =
-        sqlx::query_scalar("SELECT position FROM ledger.events").fetch_all(&db.pool).await.unwrap().into_iter().collect();
+    let positions: BTreeSet<i64> = sqlx::query_scalar("SELECT position FROM ledger.events")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
     assert_eq!(positions.len(), expected);
     assert_eq!(seen.keys().copied().collect::<BTreeSet<_>>(), positions);
 }
@@ -394,9 +453,19 @@ async fn every_route_is_in_the_openapi_document_which_is_served_without_a_token(
     let document = api.document();
     assert_eq!(document["openapi"], json!("3.1.0"));
     let paths: BTreeSet<&str> = document["paths"].as_object().unwrap().keys().map(String::as_str).collect();
-    let routes = ["/v1/channels", "/v1/channels/{id}", "/v1/channels/{id}/claims", "/v1/channels/{id}/events", "/v1/events", "/v1/streams"];
+    let routes = [
+        "/v1/channels",
+        "/v1/channels/{id}",
+        "/v1/channels/{id}/claims",
+        "/v1/channels/{id}/events",
+        "/v1/events",
+        "/v1/streams",
+    ];
     assert_eq!(paths, routes.into_iter().collect());
-    assert_eq!(document["components"]["securitySchemes"]["bearer"], json!({"type": "http", "scheme": "bearer"}));
+    assert_eq!(
+        document["components"]["securitySchemes"]["bearer"],
+        json!({"type": "http", "scheme": "bearer"})
+    );
     for route in routes {
         let operation = &document["paths"][route]["get"];
         assert_eq!(operation["security"], json!([{"bearer": []}]), "{route}");
@@ -421,25 +490,44 @@ async fn serve_runs_the_api_on_its_own_loopback_port_only_when_a_token_is_config
     let audit_port = free_port();
     let listen = ("MPE_LEDGER_AUDIT_LISTEN", format!("127.0.0.1:{audit_port}"));
     let mut off = Ledger::start_with_env(&db.owner_url, &settings, &[(listen.0, listen.1.clone())]).await;
-    assert!(off.wait_for_log("audit API off: no audit_tokens configured", 1, Duration::from_secs(5)).await, "{}", off.log());
+    assert!(
+        off.wait_for_log("audit API off: no audit_tokens configured", 1, Duration::from_secs(5)).await,
+        "{}",
+        off.log()
+    );
     assert!(http_get(audit_port, "/openapi.json").await.is_err(), "nothing listens on the audit port");
     assert!(off.stop());
 
     let tokens = ("MPE_LEDGER_AUDIT_TOKENS", format!("{TOKEN},another-token-abcdefghijklmnop"));
-    let on = Ledger::start_with_env(&db.owner_url, &settings, &[(listen.0, listen.1.clone()), (tokens.0, tokens.1.clone())]).await;
+    let on = Ledger::start_with_env(
+        &db.owner_url,
+        &settings,
+        &[(listen.0, listen.1.clone()), (tokens.0, tokens.1.clone())],
+    )
+    .await;
     assert!(on.wait_for_log("serving the audit API", 1, Duration::from_secs(5)).await, "{}", on.log());
     let bearer = format!("Bearer {TOKEN}");
-    let (status, body) = http_get_with(audit_port, "/v1/channels/5", &[("Authorization", &bearer)]).await.unwrap();
+    let (status, body) =
+        http_get_with(audit_port, "/v1/channels/5", &[("Authorization", &bearer)]).await.unwrap();
     assert_eq!(status, 200, "{body}");
     let body: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["channel"]["full_amount"], json!("100"));
     let (status, _) = http_get(audit_port, "/v1/channels/5").await.unwrap();
     assert_eq!(status, 401);
-    let (status, _) = http_get_with(audit_port, "/v1/streams", &[("Authorization", "Bearer another-token-abcdefghijklmnop")]).await.unwrap();
+    let (status, _) = http_get_with(
+        audit_port,
+        "/v1/streams",
+        &[("Authorization", "Bearer another-token-abcdefghijklmnop")],
+    )
+    .await
+    .unwrap();
     assert_eq!(status, 200);
     let (status, document) = http_get(audit_port, "/openapi.json").await.unwrap();
     assert_eq!(status, 200);
-    assert_eq!(serde_json::from_str::<Value>(&document).unwrap(), mpe_ledger::audit::openapi::document_json());
+    assert_eq!(
+        serde_json::from_str::<Value>(&document).unwrap(),
+        mpe_ledger::audit::openapi::document_json()
+    );
     // Never on the public port.
     for path in ["/v1/channels/5", "/openapi.json"] {
         // The public port takes it for a paid call (a gRPC refusal), never for the audit API.
@@ -451,9 +539,17 @@ async fn serve_runs_the_api_on_its_own_loopback_port_only_when_a_token_is_config
     // A non-loopback address is refused at start-up, naming the setting.
     let run = common::ledger::run_command(
         &["serve"],
-        &[("DATABASE_URL", &db.owner_url), ("MPE_LEDGER_AUDIT_LISTEN", "0.0.0.0:7001"), ("MPE_LEDGER_AUDIT_TOKENS", TOKEN)],
+        &[
+            ("DATABASE_URL", &db.owner_url),
+            ("MPE_LEDGER_AUDIT_LISTEN", "0.0.0.0:7001"),
+            ("MPE_LEDGER_AUDIT_TOKENS", TOKEN),
+        ],
     )
     .await;
     assert!(!run.success(), "{}", run.stderr);
-    assert!(run.stderr.contains("invalid setting audit_listen: 0.0.0.0:7001 is not a loopback address"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("invalid setting audit_listen: 0.0.0.0:7001 is not a loopback address"),
+        "{}",
+        run.stderr
+    );
 }

@@ -31,14 +31,20 @@ pub struct AsOfQuery {
 pub fn point(query: AsOfQuery) -> Result<Option<AsOf>, AuditError> {
     match (query.as_of_position, query.as_of_time) {
         (None, None) => Ok(None),
-        (Some(_), Some(_)) => Err(AuditError::BadParameter("give as_of_position or as_of_time, not both".into())),
+        (Some(_), Some(_)) => {
+            Err(AuditError::BadParameter("give as_of_position or as_of_time, not both".into()))
+        }
         (Some(text), None) => match text.parse::<i64>() {
             Ok(n) if n >= 1 && (text == n.to_string()) => Ok(Some(AsOf::Position(n))),
-            _ => Err(AuditError::BadParameter(format!("as_of_position {text:?} is not a log position (a whole number from 1)"))),
+            _ => Err(AuditError::BadParameter(format!(
+                "as_of_position {text:?} is not a log position (a whole number from 1)"
+            ))),
         },
-        (None, Some(text)) => DateTime::parse_from_rfc3339(&text)
-            .map(|t| Some(AsOf::Time(t.with_timezone(&Utc))))
-            .map_err(|e| AuditError::BadParameter(format!("as_of_time {text:?} is not an RFC 3339 time: {e}"))),
+        (None, Some(text)) => {
+            DateTime::parse_from_rfc3339(&text).map(|t| Some(AsOf::Time(t.with_timezone(&Utc)))).map_err(
+                |e| AuditError::BadParameter(format!("as_of_time {text:?} is not an RFC 3339 time: {e}")),
+            )
+        }
     }
 }
 

@@ -12,7 +12,9 @@ use crate::store::postgres::audit::{self, ChannelFilter};
 use crate::store::postgres::channels::ClaimRow;
 
 use super::error::ErrorBody;
-use super::views::{ChannelAnswer, ChannelEventPage, ChannelPage, ChannelView, ClaimList, ClaimView, EventView};
+use super::views::{
+    ChannelAnswer, ChannelEventPage, ChannelPage, ChannelView, ClaimList, ClaimView, EventView,
+};
 use super::{AuditError, AuditState, as_of, page_size};
 
 /// Filters and paging of the channel list.
@@ -52,17 +54,22 @@ pub struct ChannelPath {
 }
 
 pub(super) fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, AuditError> {
-    query.map(|Query(q)| q).map_err(|rejection| AuditError::BadParameter(format!("bad query: {}", rejection.body_text())))
+    query
+        .map(|Query(q)| q)
+        .map_err(|rejection| AuditError::BadParameter(format!("bad query: {}", rejection.body_text())))
 }
 
 fn channel_id(path: Result<Path<ChannelPath>, PathRejection>) -> Result<ChannelId, AuditError> {
-    let Path(ChannelPath { id }) = path.map_err(|r| AuditError::BadParameter(format!("bad path: {}", r.body_text())))?;
+    let Path(ChannelPath { id }) =
+        path.map_err(|r| AuditError::BadParameter(format!("bad path: {}", r.body_text())))?;
     parse_channel_id("channel id", &id)
 }
 
 fn parse_channel_id(what: &str, text: &str) -> Result<ChannelId, AuditError> {
     // Decimal digits only, and no leading zero (as in payment headers, design.md §8).
-    let canonical = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) && (text == "0" || !text.starts_with('0'));
+    let canonical = !text.is_empty()
+        && text.bytes().all(|b| b.is_ascii_digit())
+        && (text == "0" || !text.starts_with('0'));
     match text.parse::<ChannelId>() {
         Ok(id) if canonical => Ok(id),
         _ => Err(AuditError::BadParameter(format!("{what} {text:?} is not a decimal channel id"))),
@@ -90,12 +97,19 @@ pub async fn list(
         state: params
             .state
             .as_deref()
-            .map(|s| ChannelState::parse(s).ok_or_else(|| AuditError::BadParameter(format!("state {s:?} is not open or closed"))))
+            .map(|s| {
+                ChannelState::parse(s)
+                    .ok_or_else(|| AuditError::BadParameter(format!("state {s:?} is not open or closed")))
+            })
             .transpose()?,
         sender: params
             .sender
             .as_deref()
-            .map(|s| s.parse::<EthAddress>().map_err(|_| AuditError::BadParameter(format!("sender {s:?} is not a 20-byte hex address"))))
+            .map(|s| {
+                s.parse::<EthAddress>().map_err(|_| {
+                    AuditError::BadParameter(format!("sender {s:?} is not a 20-byte hex address"))
+                })
+            })
             .transpose()?,
         group: params
             .group
@@ -175,8 +189,9 @@ pub async fn events(
             .ok_or_else(|| AuditError::BadParameter(format!("after {text:?} is not a stream version")))?,
     };
     let size = page_size(params.page_size.as_deref())?;
-    let mut rows =
-        audit::channel_events_page(&state.pool, id, after, i64::from(size) + 1).await?.ok_or_else(|| unknown_channel(id))?;
+    let mut rows = audit::channel_events_page(&state.pool, id, after, i64::from(size) + 1)
+        .await?
+        .ok_or_else(|| unknown_channel(id))?;
     let more = rows.len() > size as usize;
     rows.truncate(size as usize);
     let next = if more { rows.last().map(|row| row.stream_version.to_string()) } else { None };

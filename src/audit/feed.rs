@@ -53,9 +53,12 @@ pub struct StreamsQuery {
 
 fn cursor(text: Option<&str>) -> Result<FeedCursor, AuditError> {
     let Some(text) = text else { return Ok(FeedCursor::default()) };
-    let bad = || AuditError::BadParameter(format!("after {text:?} is not a feed cursor (<transaction id>-<position>)"));
+    let bad = || {
+        AuditError::BadParameter(format!("after {text:?} is not a feed cursor (<transaction id>-<position>)"))
+    };
     let (transaction, position) = text.split_once('-').ok_or_else(bad)?;
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
+    let digits =
+        |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
     if !digits(transaction) || !digits(position) {
         return Err(bad());
     }

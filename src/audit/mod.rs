@@ -92,7 +92,11 @@ pub fn router(state: AuditState) -> axum::Router {
 }
 
 /// The token check, then a request slot (module doc).
-async fn guard(State(state): State<AuditState>, request: Request, next: Next) -> Result<Response, AuditError> {
+async fn guard(
+    State(state): State<AuditState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, AuditError> {
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -101,8 +105,11 @@ async fn guard(State(state): State<AuditState>, request: Request, next: Next) ->
     if !presented.is_some_and(|token| state.tokens.accepts(&token)) {
         return Err(AuditError::Unauthorized);
     }
-    let _permit =
-        state.permits.clone().try_acquire_owned().map_err(|_| AuditError::Busy { limit: CONCURRENT_REQUESTS_MAX })?;
+    let _permit = state
+        .permits
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| AuditError::Busy { limit: CONCURRENT_REQUESTS_MAX })?;
     Ok(next.run(request).await)
 }
 
@@ -128,7 +135,11 @@ pub fn rfc3339(time: &DateTime<Utc>) -> String {
 }
 
 /// Serves `app` on `listener` until `shutdown` turns true, then lets requests in flight finish.
-pub async fn serve(listener: tokio::net::TcpListener, app: axum::Router, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let stopped = async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
     };

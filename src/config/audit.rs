@@ -67,7 +67,10 @@ impl AuditTokens {
                 ));
             }
             if !token.bytes().all(|b| b.is_ascii_graphic() && b != b',') {
-                return Err(invalid("audit_tokens", format!("token {n} has a character that is not visible ASCII")));
+                return Err(invalid(
+                    "audit_tokens",
+                    format!("token {n} has a character that is not visible ASCII"),
+                ));
             }
             digests.push(Sha256::digest(token.as_bytes()).into());
         }
@@ -118,7 +121,10 @@ pub fn audit_settings(
         ));
     }
     if listen == public_listen && listen.port() != 0 {
-        return Err(invalid("audit_listen", format!("{listen} is the public port (listen): give it its own")));
+        return Err(invalid(
+            "audit_listen",
+            format!("{listen} is the public port (listen): give it its own"),
+        ));
     }
     let tokens = match tokens {
         None => return Ok(None),
@@ -133,7 +139,9 @@ pub fn audit_settings(
             }
             AuditTokens::parse(&list.join(","))?
         }
-        Some(_) => return Err(invalid("audit_tokens", "expected a comma-separated string or an array of strings")),
+        Some(_) => {
+            return Err(invalid("audit_tokens", "expected a comma-separated string or an array of strings"));
+        }
     };
     Ok((!tokens.is_empty()).then_some(AuditSettings { listen, tokens }))
 }
@@ -172,7 +180,8 @@ mod tests {
         let audit = settings(Some("[::1]:7100"), Some(&format!("{TOKEN}, {second}"))).unwrap().unwrap();
         assert_eq!(audit.tokens.len(), 2);
         assert!(audit.tokens.accepts(TOKEN.as_bytes()) && audit.tokens.accepts(second.as_bytes()));
-        let array = toml::Value::Array(vec![toml::Value::String(TOKEN.into()), toml::Value::String(second.into())]);
+        let array =
+            toml::Value::Array(vec![toml::Value::String(TOKEN.into()), toml::Value::String(second.into())]);
         let audit = audit_settings(None, Some(&array), PUBLIC.parse().unwrap()).unwrap().unwrap();
         assert!(audit.tokens.accepts(second.as_bytes()));
     }
@@ -195,7 +204,10 @@ mod tests {
     #[test]
     fn bad_tokens_are_refused_without_quoting_them() {
         let short = settings(None, Some("short")).unwrap_err();
-        assert_eq!(short.to_string(), "invalid setting audit_tokens: token 1 has 5 characters, expected 22 to 256");
+        assert_eq!(
+            short.to_string(),
+            "invalid setting audit_tokens: token 1 has 5 characters, expected 22 to 256"
+        );
         let long = "x".repeat(AUDIT_TOKEN_CHARS_MAX + 1);
         assert!(settings(None, Some(&format!("{TOKEN},{long}"))).unwrap_err().reason.starts_with("token 2 "));
         let spaced = "0123456789 abcdefghijkl";
@@ -204,6 +216,9 @@ mod tests {
         assert!(settings(None, Some(&many)).unwrap_err().reason.contains("at most 64"));
         assert!(settings(None, Some(&vec![TOKEN; AUDIT_TOKENS_MAX].join(","))).unwrap().is_some());
         let number = toml::Value::Integer(5);
-        assert_eq!(audit_settings(None, Some(&number), PUBLIC.parse().unwrap()).unwrap_err().key, "audit_tokens");
+        assert_eq!(
+            audit_settings(None, Some(&number), PUBLIC.parse().unwrap()).unwrap_err().key,
+            "audit_tokens"
+        );
     }
 }

@@ -48,8 +48,10 @@ impl AuditApi {
     /// `GET path` with `authorization` as the header (none: no header); checked against the document.
     pub async fn get_as(&self, path: &str, authorization: Option<&str>) -> (u16, Value) {
         let (status, body) = self.request(path, authorization).await;
-        let route = route_of(&self.document, path).unwrap_or_else(|| panic!("{path} is not in the OpenAPI document"));
-        check_schema(&self.document, &route, status, &body).unwrap_or_else(|e| panic!("GET {path} → {status} {body}: {e}"));
+        let route =
+            route_of(&self.document, path).unwrap_or_else(|| panic!("{path} is not in the OpenAPI document"));
+        check_schema(&self.document, &route, status, &body)
+            .unwrap_or_else(|e| panic!("GET {path} → {status} {body}: {e}"));
         (status, body)
     }
 
@@ -83,11 +85,15 @@ impl AuditApi {
 pub fn route_of(document: &Value, path: &str) -> Option<String> {
     let path = path.split('?').next().unwrap();
     let segments: Vec<&str> = path.split('/').collect();
-    document["paths"].as_object()?.keys().find(|template| {
-        let parts: Vec<&str> = template.split('/').collect();
-        parts.len() == segments.len()
-            && parts.iter().zip(&segments).all(|(p, s)| (p.starts_with('{') && !s.is_empty()) || p == s)
-    }).cloned()
+    document["paths"]
+        .as_object()?
+        .keys()
+        .find(|template| {
+            let parts: Vec<&str> = template.split('/').collect();
+            parts.len() == segments.len()
+                && parts.iter().zip(&segments).all(|(p, s)| (p.starts_with('{') && !s.is_empty()) || p == s)
+        })
+        .cloned()
 }
 
 /// Checks `body` against the schema the document gives for `GET route` answering `status`.
@@ -96,7 +102,8 @@ pub fn check_schema(document: &Value, route: &str, status: u16, body: &Value) ->
         return Ok(());
     }
     let responses = &document["paths"][route]["get"]["responses"];
-    let response = responses.get(status.to_string()).ok_or_else(|| format!("status {status} is not documented"))?;
+    let response =
+        responses.get(status.to_string()).ok_or_else(|| format!("status {status} is not documented"))?;
     let schema = &response["content"]["application/json"]["schema"];
     if schema.is_null() {
         return Err(format!("status {status} has no JSON schema"));
@@ -109,7 +116,9 @@ pub fn check_schema(document: &Value, route: &str, status: u16, body: &Value) ->
 /// property where properties are declared), `items`.
 fn check(document: &Value, schema: &Value, value: &Value, at: &str) -> Result<(), String> {
     if let Some(reference) = schema["$ref"].as_str() {
-        let name = reference.strip_prefix("#/components/schemas/").ok_or(format!("{at}: unknown $ref {reference}"))?;
+        let name = reference
+            .strip_prefix("#/components/schemas/")
+            .ok_or(format!("{at}: unknown $ref {reference}"))?;
         return check(document, &document["components"]["schemas"][name], value, at);
     }
     if let Some(options) = schema["oneOf"].as_array().or(schema["anyOf"].as_array()) {

@@ -112,17 +112,26 @@ impl Ledger {
     }
 
     /// [`Ledger::start`] with further `MPE_LEDGER_*` settings in `extra`.
-    pub async fn start_with_env(database_url: &str, settings: &LedgerSettings, extra: &[(&str, String)]) -> Self {
+    pub async fn start_with_env(
+        database_url: &str,
+        settings: &LedgerSettings,
+        extra: &[(&str, String)],
+    ) -> Self {
         Self::start_on(("DATABASE_URL".to_owned(), database_url.to_owned()), settings, extra).await
     }
 
     /// `serve` running its own embedded cluster in `data_dir` (no `DATABASE_URL`).
     pub async fn start_embedded(data_dir: &Path, settings: &LedgerSettings) -> Self {
-        Self::start_on(("MPE_LEDGER_DATA_DIR".to_owned(), data_dir.display().to_string()), settings, &[]).await
+        Self::start_on(("MPE_LEDGER_DATA_DIR".to_owned(), data_dir.display().to_string()), settings, &[])
+            .await
     }
 
     /// `database`: the variable that says where the database is.
-    async fn start_on(database: (String, String), settings: &LedgerSettings, extra: &[(&str, String)]) -> Self {
+    async fn start_on(
+        database: (String, String),
+        settings: &LedgerSettings,
+        extra: &[(&str, String)],
+    ) -> Self {
         let port = free_port();
         let mut env = vec![
             database,
@@ -327,12 +336,17 @@ pub async fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
 }
 
 /// [`http_get`] with request `headers` (name, value).
-pub async fn http_get_with(port: u16, path: &str, headers: &[(&str, &str)]) -> std::io::Result<(u16, String)> {
+pub async fn http_get_with(
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<(u16, String)> {
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
     let headers: String = headers.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
     stream
         .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{headers}Connection: close\r\n\r\n").as_bytes(),
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{headers}Connection: close\r\n\r\n")
+                .as_bytes(),
         )
         .await?;
     let mut response = String::new();

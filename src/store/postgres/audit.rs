@@ -101,9 +101,21 @@ pub async fn channels_page(
     limit: i64,
 ) -> Result<Vec<ChannelRow>, StoreError> {
     let mut tx = read_only(pool).await?;
-    let rows: Vec<(String, String, String, Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>, String, String, String, Option<Vec<u8>>, i64)> =
-        sqlx::query_as(
-            "SELECT channel_id::text, nonce::text, state, sender, recipient, signer, group_id,
+    let rows: Vec<(
+        String,
+        String,
+        String,
+        Vec<u8>,
+        Vec<u8>,
+        Vec<u8>,
+        Vec<u8>,
+        String,
+        String,
+        String,
+        Option<Vec<u8>>,
+        i64,
+    )> = sqlx::query_as(
+        "SELECT channel_id::text, nonce::text, state, sender, recipient, signer, group_id,
                     full_amount::text, expiration::text, authorized_amount::text, signature, stream_version
              FROM ledger.channels
              WHERE ($1::text IS NULL OR state = $1)
@@ -112,14 +124,14 @@ pub async fn channels_page(
                AND ($4::text IS NULL OR channel_id > $4::text::numeric)
              ORDER BY channel_id
              LIMIT $5",
-        )
-        .bind(filter.state.map(ChannelState::as_str))
-        .bind(filter.sender.map(|s| s.as_bytes().to_vec()))
-        .bind(filter.group.map(|g| g.0.to_vec()))
-        .bind(filter.after.map(|id| id.to_string()))
-        .bind(limit)
-        .fetch_all(&mut *tx)
-        .await?;
+    )
+    .bind(filter.state.map(ChannelState::as_str))
+    .bind(filter.sender.map(|s| s.as_bytes().to_vec()))
+    .bind(filter.group.map(|g| g.0.to_vec()))
+    .bind(filter.after.map(|id| id.to_string()))
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(rows
         .into_iter()
@@ -185,7 +197,10 @@ pub async fn channel_events_page(
 
 /// Every claim ever started on a channel, by nonce; `None` for an unknown channel. A channel has
 /// one claim per nonce it moved past, so the list is bounded by the channel's own history.
-pub async fn channel_claims(pool: &PgPool, channel_id: ChannelId) -> Result<Option<Vec<ClaimRow>>, StoreError> {
+pub async fn channel_claims(
+    pool: &PgPool,
+    channel_id: ChannelId,
+) -> Result<Option<Vec<ClaimRow>>, StoreError> {
     let mut tx = read_only(pool).await?;
     if !channel_known(&mut tx, channel_id).await? {
         return Ok(None);
@@ -299,7 +314,11 @@ pub struct FeedCursor {
 }
 
 /// Up to `limit` committed events after `after`, in feed order (module doc).
-pub async fn events_after(pool: &PgPool, after: FeedCursor, limit: i32) -> Result<Vec<LoggedEvent>, StoreError> {
+pub async fn events_after(
+    pool: &PgPool,
+    after: FeedCursor,
+    limit: i32,
+) -> Result<Vec<LoggedEvent>, StoreError> {
     let mut tx = read_only(pool).await?;
     let sql = format!("SELECT {EVENT_COLUMNS} FROM ledger.events_after($1::text::xid8, $2, $3)");
     let rows = sqlx::query_as::<_, LoggedEvent>(sqlx::AssertSqlSafe(sql))
@@ -321,7 +340,11 @@ pub struct StreamHeadRow {
 }
 
 /// One page of stream heads in stream-name order after `after`.
-pub async fn stream_heads(pool: &PgPool, after: Option<&str>, limit: i64) -> Result<Vec<StreamHeadRow>, StoreError> {
+pub async fn stream_heads(
+    pool: &PgPool,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<StreamHeadRow>, StoreError> {
     let mut tx = read_only(pool).await?;
     let rows = sqlx::query_as::<_, StreamHeadRow>(
         "SELECT stream, version, last_hash FROM ledger.streams
