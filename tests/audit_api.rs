@@ -10,47 +10,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use common::TestDb;
-use common::audit::{AuditApi, TOKEN};
+use common::audit::{AuditApi, TOKEN, all_events, settled, stored_channel};
 use common::escrow_world::{GROUP, World};
 use common::ganache::Ganache;
-use mpe_ledger::domain::{ChannelId, PaymentChannelData};
 use mpe_ledger::store::AtomicStorage;
 use mpe_ledger::store::postgres::PgAtomicStorage;
 use serde_json::{Value, json};
 
 fn hex(bytes: &[u8]) -> String {
     format!("0x{}", hex::encode(bytes))
-}
-
-/// How long a test waits for an "as of" point to become final while other tests write.
-const AS_OF_SETTLE: Duration = Duration::from_secs(20);
-
-/// `GET path` for an as-of answer, asking again while it is 409 (a transaction of another test
-/// still running), for at most [`AS_OF_SETTLE`].
-async fn settled(api: &AuditApi, path: &str) -> (u16, Value) {
-    let deadline = Instant::now() + AS_OF_SETTLE;
-    loop {
-        let (status, body) = api.get(path).await;
-        if status != 409 || Instant::now() >= deadline {
-            return (status, body);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Every event of a channel, read page by page through the API.
-async fn all_events(api: &AuditApi, channel: ChannelId, page_size: u32) -> (Vec<Value>, usize) {
-    let (mut events, mut pages, mut after) = (Vec::new(), 0, None::<String>);
-    loop {
-        let cursor = after.as_ref().map(|a| format!("&after={a}")).unwrap_or_default();
-        let page = api.ok(&format!("/v1/channels/{channel}/events?page_size={page_size}{cursor}")).await;
-        pages += 1;
-        events.extend(page["events"].as_array().unwrap().iter().cloned());
-        match page["next"].as_str() {
-            Some(next) => after = Some(next.to_owned()),
-            None => return (events, pages),
-        }
-    }
 }
 
 fn event_types(events: &[Value]) -> Vec<&str> {
@@ -242,28 +210,6 @@ async fn a_scripted_history_reads_back_exactly_now_and_as_of_any_point() {
     let feed = api.ok("/v1/events?page_size=1000").await;
     let count: i64 = world.db.event_count().await;
     assert_eq!(feed["events"].as_array().unwrap().len() as i64, count);
-}
-
-/// A channel written through the generic channel store (no chain needed): one merge event.
-async fn stored_channel(db: &TestDb, id: u64) -> ChannelId {
-    use mpe_ledger::domain::{Amount, ChannelState, EthAddress, GroupId, Nonce};
-    use mpe_ledger::store::ChannelStore;
-    let channel = PaymentChannelData {
-        channel_id: ChannelId::from(id),
-        nonce: Nonce::from(0),
-        state: ChannelState::Open,
-        sender: EthAddress::from_slice(&[1; 20]).unwrap(),
-        recipient: EthAddress::from_slice(&[2; 20]).unwrap(),
-        group_id: GroupId(GROUP),
-        full_amount: Amount::from(100),
-        expiration: 1000u64.into(),
-        signer: EthAddress::from_slice(&[1; 20]).unwrap(),
-        authorized_amount: Amount::ZERO,
-        signature: None,
-    };
-    let store = mpe_ledger::store::postgres::PgChannelStore::new(db.pool.clone(), db.metrics.clone());
-    store.put(&channel).await.unwrap();
-    channel.channel_id
 }
 
 #[tokio::test]

@@ -4,15 +4,21 @@
 //! route and status ([`check_schema`]), so a response that drifts from the document fails the test
 //! that received it.
 
+use std::time::{Duration, Instant};
+
 use axum::body::Body;
 use axum::http::{Request, header};
 use http_body_util::BodyExt;
 use mpe_ledger::audit::{AuditState, router};
 use mpe_ledger::config::AuditTokens;
+use mpe_ledger::domain::{ChannelId, PaymentChannelData};
 use serde_json::Value;
 use sqlx::PgPool;
 use tokio::sync::watch;
 use tower::ServiceExt;
+
+use super::TestDb;
+use super::escrow_world::GROUP;
 
 /// The one token the in-process API accepts.
 pub const TOKEN: &str = "audit-token-0123456789abcdef";
@@ -79,6 +85,59 @@ impl AuditApi {
         );
         (status, serde_json::from_slice(&bytes).unwrap())
     }
+}
+
+/// How long a test waits for an "as of" point to become final while other tests write.
+pub const AS_OF_SETTLE: Duration = Duration::from_secs(20);
+
+/// `GET path` for an as-of answer, asking again while it is 409 (a transaction of another test
+/// still running), for at most [`AS_OF_SETTLE`].
+pub async fn settled(api: &AuditApi, path: &str) -> (u16, Value) {
+    let deadline = Instant::now() + AS_OF_SETTLE;
+    loop {
+        let (status, body) = api.get(path).await;
+        if status != 409 || Instant::now() >= deadline {
+            return (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every event of a channel, read page by page through the API.
+pub async fn all_events(api: &AuditApi, channel: ChannelId, page_size: u32) -> (Vec<Value>, usize) {
+    let (mut events, mut pages, mut after) = (Vec::new(), 0, None::<String>);
+    loop {
+        let cursor = after.as_ref().map(|a| format!("&after={a}")).unwrap_or_default();
+        let page = api.ok(&format!("/v1/channels/{channel}/events?page_size={page_size}{cursor}")).await;
+        pages += 1;
+        events.extend(page["events"].as_array().unwrap().iter().cloned());
+        match page["next"].as_str() {
+            Some(next) => after = Some(next.to_owned()),
+            None => return (events, pages),
+        }
+    }
+}
+
+/// A channel written through the generic channel store (no chain needed): one merge event.
+pub async fn stored_channel(db: &TestDb, id: u64) -> ChannelId {
+    use mpe_ledger::domain::{Amount, ChannelState, EthAddress, GroupId, Nonce};
+    use mpe_ledger::store::ChannelStore;
+    let channel = PaymentChannelData {
+        channel_id: ChannelId::from(id),
+        nonce: Nonce::from(0),
+        state: ChannelState::Open,
+        sender: EthAddress::from_slice(&[1; 20]).unwrap(),
+        recipient: EthAddress::from_slice(&[2; 20]).unwrap(),
+        group_id: GroupId(GROUP),
+        full_amount: Amount::from(100),
+        expiration: 1000u64.into(),
+        signer: EthAddress::from_slice(&[1; 20]).unwrap(),
+        authorized_amount: Amount::ZERO,
+        signature: None,
+    };
+    let store = mpe_ledger::store::postgres::PgChannelStore::new(db.pool.clone(), db.metrics.clone());
+    store.put(&channel).await.unwrap();
+    channel.channel_id
 }
 
 /// The document's path template that `path` (query ignored) matches, e.g. `/v1/channels/{id}`.
