@@ -101,29 +101,17 @@ pub async fn channels_page(
     limit: i64,
 ) -> Result<Vec<ChannelRow>, StoreError> {
     let mut tx = read_only(pool).await?;
-    let rows: Vec<(
-        String,
-        String,
-        String,
-        Vec<u8>,
-        Vec<u8>,
-        Vec<u8>,
-        Vec<u8>,
-        String,
-        String,
-        String,
-        Option<Vec<u8>>,
-        i64,
-    )> = sqlx::query_as(
-        "SELECT channel_id::text, nonce::text, state, sender, recipient, signer, group_id,
-                    full_amount::text, expiration::text, authorized_amount::text, signature, stream_version
-             FROM ledger.channels
-             WHERE ($1::text IS NULL OR state = $1)
-               AND ($2::bytea IS NULL OR sender = $2)
-               AND ($3::bytea IS NULL OR group_id = $3)
-               AND ($4::text IS NULL OR channel_id > $4::text::numeric)
-             ORDER BY channel_id
-             LIMIT $5",
+    let rows = sqlx::query_as::<_, ChannelRow>(
+        "SELECT channel_id::text AS channel_id, nonce::text AS nonce, state, sender, recipient, signer,
+                group_id, full_amount::text AS full_amount, expiration::text AS expiration,
+                authorized_amount::text AS authorized_amount, signature, stream_version
+         FROM ledger.channels
+         WHERE ($1::text IS NULL OR state = $1)
+           AND ($2::bytea IS NULL OR sender = $2)
+           AND ($3::bytea IS NULL OR group_id = $3)
+           AND ($4::text IS NULL OR channel_id > $4::text::numeric)
+         ORDER BY channel_id
+         LIMIT $5",
     )
     .bind(filter.state.map(ChannelState::as_str))
     .bind(filter.sender.map(|s| s.as_bytes().to_vec()))
@@ -133,23 +121,7 @@ pub async fn channels_page(
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| ChannelRow {
-            channel_id: r.0,
-            nonce: r.1,
-            state: r.2,
-            sender: r.3,
-            recipient: r.4,
-            signer: r.5,
-            group_id: r.6,
-            full_amount: r.7,
-            expiration: r.8,
-            authorized_amount: r.9,
-            signature: r.10,
-            stream_version: r.11,
-        })
-        .collect())
+    Ok(rows)
 }
 
 /// One channel's projection row, if the channel is known.
