@@ -127,12 +127,12 @@ pub async fn streams(
     params: Result<Query<StreamsQuery>, QueryRejection>,
 ) -> Result<Json<StreamPage>, AuditError> {
     let params = query(params)?;
-    if let Some(after) = &params.after {
-        if after.is_empty() || after.len() > STREAM_CURSOR_CHARS_MAX {
-            return Err(AuditError::BadParameter(format!(
-                "after must be a stream name of 1 to {STREAM_CURSOR_CHARS_MAX} characters"
-            )));
-        }
+    if let Some(after) = &params.after
+        && (after.is_empty() || after.len() > STREAM_CURSOR_CHARS_MAX)
+    {
+        return Err(AuditError::BadParameter(format!(
+            "after must be a stream name of 1 to {STREAM_CURSOR_CHARS_MAX} characters"
+        )));
     }
     let size = page_size(params.page_size.as_deref())?;
     let mut rows = audit::stream_heads(&state.pool, params.after.as_deref(), i64::from(size) + 1).await?;
