@@ -428,20 +428,21 @@ async fn every_route_is_in_the_openapi_document_which_is_served_without_a_token(
 #[tokio::test]
 async fn serve_runs_the_api_on_its_own_loopback_port_only_when_a_token_is_configured() {
     use common::e2e::free_port;
-    use common::ledger::{Ledger, http_get, http_get_with};
+    use common::ledger::{Ledger, http_get_at, http_get_with};
     let db = TestDb::new().await;
     stored_channel(&db, 5).await;
     let settings = common::ledger::LedgerSettings::offline("replica-audit");
 
-    let audit_port = free_port();
-    let listen = ("MPE_LEDGER_AUDIT_LISTEN", format!("127.0.0.1:{audit_port}"));
+    // Another loopback address than the public port's: two free ports picked apart may be equal.
+    let audit = ("127.0.0.2", free_port());
+    let listen = ("MPE_LEDGER_AUDIT_LISTEN", format!("{}:{}", audit.0, audit.1));
     let mut off = Ledger::start_with_env(&db.owner_url, &settings, &[(listen.0, listen.1.clone())]).await;
     assert!(
         off.wait_for_log("audit API off: no audit_tokens configured", 1, Duration::from_secs(5)).await,
         "{}",
         off.log()
     );
-    assert!(http_get(audit_port, "/openapi.json").await.is_err(), "nothing listens on the audit port");
+    assert!(http_get_at(audit, "/openapi.json", &[]).await.is_err(), "nothing listens on the audit port");
     assert!(off.stop());
 
     let tokens = ("MPE_LEDGER_AUDIT_TOKENS", format!("{TOKEN},another-token-abcdefghijklmnop"));
@@ -453,22 +454,18 @@ async fn serve_runs_the_api_on_its_own_loopback_port_only_when_a_token_is_config
     .await;
     assert!(on.wait_for_log("serving the audit API", 1, Duration::from_secs(5)).await, "{}", on.log());
     let bearer = format!("Bearer {TOKEN}");
-    let (status, body) =
-        http_get_with(audit_port, "/v1/channels/5", &[("Authorization", &bearer)]).await.unwrap();
+    let (status, body) = http_get_at(audit, "/v1/channels/5", &[("Authorization", &bearer)]).await.unwrap();
     assert_eq!(status, 200, "{body}");
     let body: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["channel"]["full_amount"], json!("100"));
-    let (status, _) = http_get(audit_port, "/v1/channels/5").await.unwrap();
+    let (status, _) = http_get_at(audit, "/v1/channels/5", &[]).await.unwrap();
     assert_eq!(status, 401);
-    let (status, _) = http_get_with(
-        audit_port,
-        "/v1/streams",
-        &[("Authorization", "Bearer another-token-abcdefghijklmnop")],
-    )
-    .await
-    .unwrap();
+    let (status, _) =
+        http_get_at(audit, "/v1/streams", &[("Authorization", "Bearer another-token-abcdefghijklmnop")])
+            .await
+            .unwrap();
     assert_eq!(status, 200);
-    let (status, document) = http_get(audit_port, "/openapi.json").await.unwrap();
+    let (status, document) = http_get_at(audit, "/openapi.json", &[]).await.unwrap();
     assert_eq!(status, 200);
     assert_eq!(
         serde_json::from_str::<Value>(&document).unwrap(),

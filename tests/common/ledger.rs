@@ -341,7 +341,16 @@ pub async fn http_get_with(
     path: &str,
     headers: &[(&str, &str)],
 ) -> std::io::Result<(u16, String)> {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    http_get_at(("127.0.0.1", port), path, headers).await
+}
+
+/// [`http_get_with`] on any address.
+pub async fn http_get_at(
+    address: impl tokio::net::ToSocketAddrs,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(address).await?;
     let headers: String = headers.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
     stream
         .write_all(
