@@ -27,6 +27,8 @@
 //! | `max_message_bytes` | largest gRPC message accepted (RESOURCE_EXHAUSTED above) | `4194304` |
 //! | `max_call_seconds` | longest a paid call may run, whatever the client's deadline (DEADLINE_EXCEEDED after) | `300` |
 //! | `max_concurrent_calls` | most paid calls in flight at once (RESOURCE_EXHAUSTED beyond, never queued) | `1024` |
+//! | `audit_listen` | the audit HTTP API (`crate::audit`): a loopback address, never the public port | `127.0.0.1:7001` |
+//! | `audit_tokens` | bearer tokens of the audit API, comma-separated (or an array in the file), 22–256 visible ASCII characters each, at most 64 | none: the API is off |
 //!
 //! With none of the chain settings the ledger runs (storage, health, metrics) and refuses paid calls
 //! (design.md §8); with some but not all of them, start-up fails naming the first missing one.
@@ -48,6 +50,12 @@ use serde::Deserialize;
 use crate::domain::payment::Pricing;
 use crate::domain::{Amount, EthAddress, GroupId};
 use crate::tls::ServerCertFiles;
+
+mod audit;
+pub use audit::{
+    AUDIT_TOKEN_CHARS_MAX, AUDIT_TOKEN_CHARS_MIN, AUDIT_TOKENS_MAX, AuditSettings, AuditTokens,
+    DEFAULT_AUDIT_LISTEN,
+};
 
 /// One setting that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -87,6 +95,8 @@ pub struct RawSettings {
     pub max_message_bytes: Option<toml::Value>,
     pub max_call_seconds: Option<toml::Value>,
     pub max_concurrent_calls: Option<toml::Value>,
+    pub audit_listen: Option<String>,
+    pub audit_tokens: Option<toml::Value>,
 }
 
 /// Everything about the chain and the paid calls; all or nothing.
@@ -123,6 +133,8 @@ pub struct Config {
     pub max_message_bytes: usize,
     pub max_call_duration: Duration,
     pub max_concurrent_calls: usize,
+    /// The audit API; `None` (no token configured) leaves it off.
+    pub audit: Option<AuditSettings>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7000";
@@ -195,6 +207,8 @@ impl RawSettings {
         number("max_message_bytes", &mut self.max_message_bytes);
         number("max_call_seconds", &mut self.max_call_seconds);
         number("max_concurrent_calls", &mut self.max_concurrent_calls);
+        text("audit_listen", &mut self.audit_listen);
+        number("audit_tokens", &mut self.audit_tokens);
         self
     }
 
@@ -262,6 +276,7 @@ impl RawSettings {
         if !(1..=MAX_CONNECTIONS_LIMIT).contains(&max_connections) {
             return Err(invalid("max_connections", format!("must be from 1 to {MAX_CONNECTIONS_LIMIT}")));
         }
+        let audit = audit::audit_settings(self.audit_listen.as_deref(), self.audit_tokens.as_ref(), listen)?;
         Ok(Config {
             listen,
             tls,
@@ -273,6 +288,7 @@ impl RawSettings {
             max_message_bytes,
             max_call_duration: Duration::from_secs(max_call_seconds),
             max_concurrent_calls,
+            audit,
         })
     }
 

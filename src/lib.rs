@@ -12,6 +12,8 @@
 //! - [`chain`]: reading the MPE contract (channels, blocks, claim logs) with alloy.
 //! - [`escrow`]: the seed's services on the log: payment transactions, merged channel state, claims.
 //! - [`http`]: `/healthz` and `/metrics`.
+//! - [`audit`]: the audit HTTP API (JSON, OpenAPI) on its own loopback listener: channels, events,
+//!   claims, state as of a point of the log, the global feed, the stream heads.
 //! - [`tls`]: the one crypto provider (ring), the trust of outgoing connections (system roots plus a
 //!   CA file), and the public port's certificate, reloadable on SIGHUP.
 //! - [`startup`]: the embedded Postgres cluster, the public port's accept loop (plain or TLS, HTTP/1.1
@@ -19,6 +21,7 @@
 //!   the binary's edges; [`commands`] holds the commands for finance, operations and audit (`claims
 //!   due`, `reader add`, `bundle`, `verify-bundle`).
 
+pub mod audit;
 pub mod chain;
 pub mod cli;
 pub mod commands;

@@ -3,8 +3,9 @@
 //! With no `DATABASE_URL` the ledger runs its own Postgres cluster in the data directory
 //! ([`cluster`]); with one, it uses that database and never starts anything. The public port, plain
 //! or TLS, its signals and its graceful shutdown are [`public_port`]; `mpe-ledger export` is
-//! [`export`].
+//! [`export`]; the audit API's own listener is `audit_port`.
 
+mod audit_port;
 pub mod cluster;
 mod database;
 pub mod export;
@@ -124,6 +125,7 @@ pub async fn serve(settings: &DatabaseSettings, config: Config) -> anyhow::Resul
         replica = %config.replica_id,
         "serving gRPC and HTTP (/healthz, /readyz, /metrics)"
     );
+    let audit = audit_port::AuditPort::start(&config, &database.pool).await?;
     // The owned embedded cluster is restarted if it dies; /healthz reads what is wrong with it.
     let cluster_health = database.cluster.as_ref().map(|_| ClusterHealth::default());
     let supervisor = database.cluster.clone().zip(cluster_health.clone()).map(|(cluster, health)| {
@@ -153,6 +155,7 @@ pub async fn serve(settings: &DatabaseSettings, config: Config) -> anyhow::Resul
     signals.listen_for_shutdown().context("installing the SIGINT and SIGTERM handlers")?;
     port.serve(app, signals).await;
     tracing::info!("shutting down");
+    audit.stop().await;
     for task in [watcher, head_block, chain_id, token, at_risk, supervisor].into_iter().flatten() {
         task.abort();
     }

@@ -59,7 +59,7 @@ pub struct Ledger {
 
 /// Every `MPE_LEDGER_*` setting `serve` reads; unset unless given, so the test's environment
 /// cannot leak into the child.
-const LEDGER_KEYS: [&str; 22] = [
+const LEDGER_KEYS: [&str; 24] = [
     "LISTEN",
     "TLS_CERT_FILE",
     "TLS_KEY_FILE",
@@ -81,21 +81,57 @@ const LEDGER_KEYS: [&str; 22] = [
     "MAX_MESSAGE_BYTES",
     "MAX_CALL_SECONDS",
     "MAX_CONCURRENT_CALLS",
+    "AUDIT_LISTEN",
+    "AUDIT_TOKENS",
     "CONFIG",
 ];
 
+impl LedgerSettings {
+    /// Chain settings that point at nothing (a closed loopback port): `serve` starts, records
+    /// the MPE address and keeps retrying the node in the background; for tests of what `serve`
+    /// does without paid calls.
+    pub fn offline(replica_id: &str) -> Self {
+        Self {
+            ethereum_rpc_url: "http://127.0.0.1:9".to_owned(),
+            mpe: Address::repeat_byte(0x11),
+            group_id: [7; 32],
+            payment_address: Address::repeat_byte(0x22),
+            price: 1,
+            upstream: "http://127.0.0.1:9".to_owned(),
+            replica_id: replica_id.to_owned(),
+            tls: None,
+            ethereum_rpc_ca_file: None,
+            upstream_ca_file: None,
+        }
+    }
+}
+
 impl Ledger {
     pub async fn start(database_url: &str, settings: &LedgerSettings) -> Self {
-        Self::start_on(("DATABASE_URL".to_owned(), database_url.to_owned()), settings).await
+        Self::start_with_env(database_url, settings, &[]).await
+    }
+
+    /// [`Ledger::start`] with further `MPE_LEDGER_*` settings in `extra`.
+    pub async fn start_with_env(
+        database_url: &str,
+        settings: &LedgerSettings,
+        extra: &[(&str, String)],
+    ) -> Self {
+        Self::start_on(("DATABASE_URL".to_owned(), database_url.to_owned()), settings, extra).await
     }
 
     /// `serve` running its own embedded cluster in `data_dir` (no `DATABASE_URL`).
     pub async fn start_embedded(data_dir: &Path, settings: &LedgerSettings) -> Self {
-        Self::start_on(("MPE_LEDGER_DATA_DIR".to_owned(), data_dir.display().to_string()), settings).await
+        Self::start_on(("MPE_LEDGER_DATA_DIR".to_owned(), data_dir.display().to_string()), settings, &[])
+            .await
     }
 
     /// `database`: the variable that says where the database is.
-    async fn start_on(database: (String, String), settings: &LedgerSettings) -> Self {
+    async fn start_on(
+        database: (String, String),
+        settings: &LedgerSettings,
+        extra: &[(&str, String)],
+    ) -> Self {
         let port = free_port();
         let mut env = vec![
             database,
@@ -120,6 +156,7 @@ impl Ledger {
         if let Some(ca_file) = &settings.upstream_ca_file {
             env.push(("MPE_LEDGER_UPSTREAM_CA_FILE".to_owned(), path(ca_file)));
         }
+        env.extend(extra.iter().map(|(key, value)| ((*key).to_owned(), value.clone())));
         let listen = format!("127.0.0.1:{port}");
         let tls_ca = settings.tls.as_ref().map(|tls| tls.ca_file.clone());
         Self::spawn(&settings.replica_id, port, tls_ca, &env, &["serve", "--listen", &listen]).await
@@ -295,9 +332,31 @@ impl Drop for Ledger {
 
 /// A plain HTTP/1.1 GET on the loopback: status code and body.
 pub async fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    http_get_with(port, path, &[]).await
+}
+
+/// [`http_get`] with request `headers` (name, value).
+pub async fn http_get_with(
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<(u16, String)> {
+    http_get_at(("127.0.0.1", port), path, headers).await
+}
+
+/// [`http_get_with`] on any address.
+pub async fn http_get_at(
+    address: impl tokio::net::ToSocketAddrs,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(address).await?;
+    let headers: String = headers.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
     stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{headers}Connection: close\r\n\r\n")
+                .as_bytes(),
+        )
         .await?;
     let mut response = String::new();
     stream.read_to_string(&mut response).await?;

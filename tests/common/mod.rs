@@ -6,6 +6,7 @@
 //! process; scripts/test.sh gives each run a fresh one and stops it at the end.
 #![allow(dead_code)]
 
+pub mod audit;
 pub mod cluster;
 pub mod contract;
 pub mod crash;

@@ -164,7 +164,7 @@ pub fn outcome_to_db(outcome: ClaimOutcome) -> &'static str {
 }
 
 /// A `channels` row as stored, still in column form (verify compares these field by field).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ChannelRow {
     pub channel_id: String,
     pub nonce: String,

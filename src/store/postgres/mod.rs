@@ -7,6 +7,7 @@
 //! through [`hosts`], which reads multi-host URLs and `target_session_attrs` (sqlx does not) and
 //! keeps each pool on a usable host.
 
+pub mod audit;
 pub mod batch;
 mod channel_write;
 pub mod channels;
